@@ -1,0 +1,333 @@
+"""SQLAlchemy integration: `create_engine` and `attach`.
+
+rotating_pool hooks SQLAlchemy's documented ``do_connect`` event, the place
+SQLAlchemy's docs give for per-connect credentials, so the engine stays a plain
+`sqlalchemy.Engine`: its pool, options and events work as always, and a pooled
+connection never waits on Secrets Manager (the hook runs only when the pool
+opens a new DBAPI connection).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import weakref
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import sqlalchemy
+from sqlalchemy import event
+from sqlalchemy.engine import Dialect, Engine
+
+from rotating_pool.errors import AlreadyAttachedError, ConfigurationError, LoginRejectedError
+from rotating_pool.policy import Connect, Refetch, RetryBudget, is_login_rejection, login_plan
+from rotating_pool.secret import Credentials
+from rotating_pool.sources import SecretsManagerSource, SecretSource
+from rotating_pool.store import CredentialStore, Stats
+
+if TYPE_CHECKING:
+    from mypy_boto3_secretsmanager import SecretsManagerClient
+    from sqlalchemy.engine.interfaces import DBAPIConnection
+    from sqlalchemy.pool import ConnectionPoolEntry
+
+__all__ = ["attach", "create_engine", "credential_store", "stats"]
+
+logger = logging.getLogger("rotating_pool")
+
+T = TypeVar("T")
+
+DEFAULT_REFRESH_INTERVAL = 3600.0
+"""Seconds between steady-state refreshes. A rotated secret is picked up at a
+rejected login anyway; the refresh only lets alternating-users rotations go
+unnoticed (the new user is adopted before the old one's password changes, as
+long as rotations are further apart than this). One hour costs about one
+DescribeSecret per hour per process, as aws-secretsmanager-caching's default."""
+
+# Dialect -> its hook; a dialect is shared by an engine and its option copies.
+_hooks: weakref.WeakKeyDictionary[Dialect, _ConnectHook] = weakref.WeakKeyDictionary()
+_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
+def create_engine(
+    url: str | sqlalchemy.URL,
+    *,
+    secret_id: str,
+    client: SecretsManagerClient | None = None,
+    refresh_interval: float = DEFAULT_REFRESH_INTERVAL,
+    retry: RetryBudget | None = None,
+    use_pending: bool = True,
+    source: SecretSource | None = None,
+    **engine_kwargs: Any,
+) -> Engine:
+    """A drop-in for `sqlalchemy.create_engine` whose logins come from a secret.
+
+    At every new DBAPI connection the username and password come from the
+    secret's AWSCURRENT version (through a cache), and host, port and dbname
+    from the secret where the URL leaves them out. As in SQLAlchemy, nothing is
+    fetched until the first connection. Every other keyword (pool_size,
+    pool_recycle, pool_pre_ping, echo, connect_args, ...) goes to SQLAlchemy.
+
+    Args:
+        url: the database URL; its driver must be a PostgreSQL one
+            (``postgresql+psycopg://`` with no user, password or host is typical).
+        secret_id: the secret's name or ARN.
+        client, refresh_interval, retry, use_pending, source: see `attach`.
+
+    >>> import rotating_pool
+    >>> engine = rotating_pool.create_engine(
+    ...     "postgresql+psycopg://", secret_id="prod/app/db", pool_recycle=3600)
+    """
+    engine = sqlalchemy.create_engine(url, **engine_kwargs)
+    return attach(
+        engine,
+        secret_id=secret_id,
+        client=client,
+        refresh_interval=refresh_interval,
+        retry=retry,
+        use_pending=use_pending,
+        source=source,
+    )
+
+
+def attach(
+    engine: T,
+    *,
+    secret_id: str,
+    client: SecretsManagerClient | None = None,
+    refresh_interval: float = DEFAULT_REFRESH_INTERVAL,
+    retry: RetryBudget | None = None,
+    use_pending: bool = True,
+    source: SecretSource | None = None,
+) -> T:
+    """Make an existing engine take its logins from a secret; returns it.
+
+    For engines made by a framework (Flask-SQLAlchemy) or by
+    `sqlalchemy.create_engine`: existing `Session` and `sessionmaker` code is
+    untouched. Connections already in the pool are kept.
+
+    Args:
+        engine: a `sqlalchemy.Engine` (or `AsyncEngine`) with a PostgreSQL dialect.
+        secret_id: the secret's name or ARN.
+        client: the boto3 ``secretsmanager`` client to use. Default: one made
+            from boto3's default chain (honours ``AWS_ENDPOINT_URL_SECRETS_MANAGER``,
+            region and credentials as usual), remade in forked children.
+        refresh_interval: seconds between background refreshes (default one
+            hour; see `DEFAULT_REFRESH_INTERVAL`).
+        retry: the budget for rejected logins (default `RetryBudget()`: 8 rounds,
+            at most about 9 s of backoff).
+        use_pending: try AWSPENDING when a login is refused and AWSCURRENT has
+            not moved (single-user rotation between setSecret and finishSecret).
+            On by default: it is what makes single-user rotation seamless.
+        source: read the secret somewhere else than Secrets Manager's API (a
+            `SecretSource`); `client` is then unused.
+
+    Raises:
+        AlreadyAttachedError: rotating_pool already manages this engine.
+        ConfigurationError: an option is invalid, or the engine is not PostgreSQL.
+    """
+    sync_engine = _sync_engine_of(engine)
+    dialect = sync_engine.dialect
+    if dialect.name != "postgresql":
+        raise ConfigurationError(
+            f"rotating_pool manages PostgreSQL engines; this one's dialect is {dialect.name!r}: "
+            "use a postgresql+psycopg:// URL"
+        )
+    if dialect in _hooks:
+        raise AlreadyAttachedError(
+            f"this engine already takes its logins from secret "
+            f"{_hooks[dialect].store.secret_id!r}: attach once per engine "
+            "(make a second engine for a second secret)"
+        )
+    store = CredentialStore(
+        _make_source(secret_id, client, refresh_interval, source),
+        refresh_interval=refresh_interval,
+        use_pending=use_pending,
+    )
+    hook = _ConnectHook(store, retry if retry is not None else RetryBudget(), dialect.driver)
+    event.listen(sync_engine, "do_connect", hook)
+    _hooks[dialect] = hook
+    _engines.add(sync_engine)
+    return engine
+
+
+def stats(engine: Any) -> Stats:
+    """The login and secret-read counters of an engine rotating_pool manages."""
+    return credential_store(engine).stats()
+
+
+def credential_store(engine: Any) -> CredentialStore:
+    """The `CredentialStore` behind an engine rotating_pool manages.
+
+    Raises:
+        ConfigurationError: the engine is not managed by rotating_pool.
+    """
+    hook = _hooks.get(_sync_engine_of(engine).dialect)
+    if hook is None:
+        raise ConfigurationError(
+            "this engine is not managed by rotating_pool: make it with "
+            "rotating_pool.create_engine or rotating_pool.attach"
+        )
+    return hook.store
+
+
+def _sync_engine_of(engine: Any) -> Engine:
+    sync_engine = getattr(engine, "sync_engine", engine)  # AsyncEngine -> its Engine
+    if not isinstance(sync_engine, Engine):
+        raise ConfigurationError(
+            f"expected a SQLAlchemy Engine or AsyncEngine, not {type(engine).__name__}"
+        )
+    return sync_engine
+
+
+def _make_source(
+    secret_id: str,
+    client: SecretsManagerClient | None,
+    refresh_interval: float,
+    source: SecretSource | None,
+) -> SecretSource:
+    if source is not None:
+        if not isinstance(source, SecretSource):
+            raise ConfigurationError(
+                f"source must be a rotating_pool SecretSource, not {type(source).__name__}"
+            )
+        if source.secret_id != secret_id:
+            raise ConfigurationError(
+                f"source reads secret {source.secret_id!r} but secret_id is {secret_id!r}"
+            )
+        return source
+    if not isinstance(secret_id, str) or not secret_id.strip():
+        raise ConfigurationError("secret_id must be the secret's name or ARN (a non-empty string)")
+    if isinstance(refresh_interval, bool) or not isinstance(refresh_interval, int | float):
+        raise ConfigurationError("refresh_interval must be a number of seconds")
+    if refresh_interval < 1:
+        raise ConfigurationError(
+            f"refresh_interval must be at least 1 second, not {refresh_interval}"
+        )
+    return SecretsManagerSource(secret_id, client=client, refresh_interval=refresh_interval)
+
+
+# Drivers whose connect() calls the database "database" rather than libpq's "dbname".
+_DATABASE_KEY = {"asyncpg": "database", "pg8000": "database"}
+
+
+class _ConnectHook:
+    """The ``do_connect`` listener: log in with the store's credentials, and
+    recover when the login is rejected."""
+
+    def __init__(self, store: CredentialStore, budget: RetryBudget, driver: str) -> None:
+        self.store = store
+        self.budget = budget
+        self.dbname_key = _DATABASE_KEY.get(driver, "dbname")
+
+    def __repr__(self) -> str:
+        return f"<rotating_pool hook for secret {self.store.secret_id!r}>"
+
+    def __call__(
+        self,
+        dialect: Dialect,
+        conn_rec: ConnectionPoolEntry,
+        cargs: list[Any],
+        cparams: dict[str, Any],
+    ) -> DBAPIConnection:
+        given = frozenset(cparams)  # what the URL and connect_args said
+
+        def login(credentials: Credentials) -> DBAPIConnection:
+            apply_credentials(cparams, credentials, given, self.dbname_key)
+            return dialect.connect(*cargs, **cparams)
+
+        return connect_with_recovery(self.store, self.budget, login)
+
+
+def apply_credentials(
+    cparams: dict[str, Any], credentials: Credentials, given: frozenset[str], dbname_key: str
+) -> None:
+    """Put `credentials` into a driver's connect parameters.
+
+    The user and password always come from the secret; host, port and dbname
+    only where the URL left them out (RDS Proxy and reader endpoints differ from
+    the secret's host).
+    """
+    cparams["user"] = credentials.username
+    cparams["password"] = credentials.password
+    for key, value in (
+        ("host", credentials.host),
+        ("port", credentials.port),
+        (dbname_key, credentials.dbname),
+    ):
+        if value is not None and key not in given:
+            cparams[key] = value
+
+
+def connect_with_recovery(
+    store: CredentialStore,
+    budget: RetryBudget,
+    login: Callable[[Credentials], T],
+    sleep: Callable[[float], None] = time.sleep,
+) -> T:
+    """Carry out `rotating_pool.policy.login_plan` with blocking calls."""
+    plan = login_plan(store.current(), secret_id=store.secret_id, budget=budget)
+    action = next(plan)
+    refused = 0
+    while True:
+        answer: Any
+        if isinstance(action, Connect):
+            store.count("logins")
+            try:
+                connection = login(action.credentials)
+            except Exception as error:
+                if is_login_rejection(error):
+                    refused += 1
+                    store.count("rejected_logins")
+                    _log_refusal(store, action.credentials)
+                answer = error
+            else:
+                plan.close()
+                if refused:
+                    store.confirm(action.credentials)
+                    store.count("recovered_logins")
+                    _log_recovery(store, action.credentials, refused)
+                return connection
+        elif isinstance(action, Refetch):
+            answer = store.refetch(action.rejected)
+        else:
+            sleep(action.seconds)
+            answer = None
+        try:
+            action = plan.send(answer)
+        except LoginRejectedError:
+            store.count("failed_recoveries")
+            logger.error("secret %r: giving up on the login", store.secret_id, exc_info=False)
+            raise
+
+
+def _log_refusal(store: CredentialStore, credentials: Credentials) -> None:
+    logger.info(
+        "secret %r: the database refused user %r (version %s, %s); looking for new credentials",
+        store.secret_id,
+        credentials.username,
+        credentials.version_id or "from the cache",
+        credentials.stage,
+    )
+
+
+def _log_recovery(store: CredentialStore, credentials: Credentials, refused: int) -> None:
+    logger.info(
+        "secret %r: logged in as %r (version %s, %s) after %d refused login(s)",
+        store.secret_id,
+        credentials.username,
+        credentials.version_id or "from the cache",
+        credentials.stage,
+        refused,
+    )
+
+
+def _dispose_after_fork() -> None:
+    # SQLAlchemy's advice for pools that cross a fork: drop the parent's
+    # connections without closing them (they still belong to the parent).
+    for engine in list(_engines):
+        engine.dispose(close=False)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_dispose_after_fork)

@@ -1,0 +1,54 @@
+"""The secret format: RDS/Aurora JSON documents and their errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from rotating_pool import Credentials, SecretFormatError, parse_credentials
+
+GOOD = {"engine": "postgres", "host": "h", "port": 5432, "dbname": "d",
+        "username": "u", "password": "s3cr3t-pw", "extra": [1, 2]}
+
+
+def test_a_full_document_gives_credentials_and_ignores_extra_keys():
+    creds = parse_credentials("db", json.dumps(GOOD), version_id="v1")
+    assert creds == Credentials("u", "s3cr3t-pw", "h", 5432, "d")
+    assert creds.version_id == "v1"
+
+
+def test_a_port_written_as_a_string_is_accepted():
+    assert parse_credentials("db", json.dumps({**GOOD, "port": "6432"})).port == 6432
+
+
+def test_the_password_is_not_in_repr_or_str():
+    creds = parse_credentials("db", json.dumps(GOOD))
+    assert "s3cr3t-pw" not in repr(creds)
+    assert "s3cr3t-pw" not in str(creds)
+
+
+@pytest.mark.parametrize(
+    ("secret_string", "key", "says"),
+    [
+        ("{not json s3cr3t-pw", None, "not valid JSON"),
+        ('["s3cr3t-pw"]', None, "not an object"),
+        (None, None, "binary secret"),
+        (json.dumps({k: v for k, v in GOOD.items() if k != "username"}), "username", "missing"),
+        (json.dumps({k: v for k, v in GOOD.items() if k != "password"}), "password", "missing"),
+        (json.dumps({**GOOD, "username": 7}), "username", "string"),
+        (json.dumps({**GOOD, "password": ""}), "password", "empty"),
+        (json.dumps({**GOOD, "port": "s3cr3t-pw"}), "port", "port number"),
+        (json.dumps({**GOOD, "port": 70000}), "port", "port number"),
+        (json.dumps({**GOOD, "host": ["s3cr3t-pw"]}), "host", "string"),
+    ],
+)
+def test_a_malformed_secret_names_the_key_and_the_secret_never_a_value(secret_string, key, says):
+    with pytest.raises(SecretFormatError) as raised:
+        parse_credentials("prod/db", secret_string)
+    error = raised.value
+    assert (error.secret_id, error.key) == ("prod/db", key)
+    assert says in str(error)
+    assert "prod/db" in str(error)
+    assert "s3cr3t-pw" not in str(error)
+    assert error.__cause__ is None  # json's own message would quote the document
