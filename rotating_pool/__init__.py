@@ -13,6 +13,7 @@ way, and retries within a budget. Applications see no failed request.
 from rotating_pool.engine import (
     DEFAULT_REFRESH_INTERVAL,
     attach,
+    create_async_engine,
     create_engine,
     credential_store,
     stats,
@@ -53,6 +54,7 @@ __all__ = [
     "SecretsManagerUnavailableError",
     "Stats",
     "attach",
+    "create_async_engine",
     "create_engine",
     "credential_store",
     "is_login_rejection",

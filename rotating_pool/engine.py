@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -25,13 +24,21 @@ from rotating_pool.policy import Connect, Refetch, RetryBudget, is_login_rejecti
 from rotating_pool.secret import Credentials
 from rotating_pool.sources import SecretsManagerSource, SecretSource
 from rotating_pool.store import CredentialStore, Stats
+from rotating_pool.waiting import BlockingWaits, GreenletWaits, Waits
 
 if TYPE_CHECKING:
     from mypy_boto3_secretsmanager import SecretsManagerClient
     from sqlalchemy.engine.interfaces import DBAPIConnection
+    from sqlalchemy.ext.asyncio import AsyncEngine
     from sqlalchemy.pool import ConnectionPoolEntry
 
-__all__ = ["attach", "create_engine", "credential_store", "stats"]
+__all__ = [
+    "attach",
+    "create_async_engine",
+    "create_engine",
+    "credential_store",
+    "stats",
+]
 
 logger = logging.getLogger("rotating_pool")
 
@@ -79,6 +86,41 @@ def create_engine(
     ...     "postgresql+psycopg://", secret_id="prod/app/db", pool_recycle=3600)
     """
     engine = sqlalchemy.create_engine(url, **engine_kwargs)
+    return attach(
+        engine,
+        secret_id=secret_id,
+        client=client,
+        refresh_interval=refresh_interval,
+        retry=retry,
+        use_pending=use_pending,
+        source=source,
+    )
+
+
+def create_async_engine(
+    url: str | sqlalchemy.URL,
+    *,
+    secret_id: str,
+    client: SecretsManagerClient | None = None,
+    refresh_interval: float = DEFAULT_REFRESH_INTERVAL,
+    retry: RetryBudget | None = None,
+    use_pending: bool = True,
+    source: SecretSource | None = None,
+    **engine_kwargs: Any,
+) -> AsyncEngine:
+    """A drop-in for `sqlalchemy.ext.asyncio.create_async_engine`; see `create_engine`.
+
+    Same options, secret format and recovery as the sync engines. The event
+    loop is never blocked: Secrets Manager is read in a worker thread and
+    backoff awaits the loop's sleep. Needs the ``asyncio`` extra (greenlet).
+
+    >>> import rotating_pool
+    >>> engine = rotating_pool.create_async_engine(
+    ...     "postgresql+psycopg_async://", secret_id="prod/app/db")
+    """
+    from sqlalchemy.ext.asyncio import create_async_engine as sa_create_async_engine  # noqa: PLC0415
+
+    engine = sa_create_async_engine(url, **engine_kwargs)
     return attach(
         engine,
         secret_id=secret_id,
@@ -144,7 +186,11 @@ def attach(
         refresh_interval=refresh_interval,
         use_pending=use_pending,
     )
-    hook = _ConnectHook(store, retry if retry is not None else RetryBudget(), dialect.driver)
+    if retry is None:
+        retry = RetryBudget()
+    elif not isinstance(retry, RetryBudget):
+        raise ConfigurationError(f"retry must be a RetryBudget, not {type(retry).__name__}")
+    hook = _ConnectHook(store, retry, dialect)
     event.listen(sync_engine, "do_connect", hook)
     _hooks[dialect] = hook
     _engines.add(sync_engine)
@@ -215,10 +261,11 @@ class _ConnectHook:
     """The ``do_connect`` listener: log in with the store's credentials, and
     recover when the login is rejected."""
 
-    def __init__(self, store: CredentialStore, budget: RetryBudget, driver: str) -> None:
+    def __init__(self, store: CredentialStore, budget: RetryBudget, dialect: Dialect) -> None:
         self.store = store
         self.budget = budget
-        self.dbname_key = _DATABASE_KEY.get(driver, "dbname")
+        self.dbname_key = _DATABASE_KEY.get(dialect.driver, "dbname")
+        self.waits: Waits = GreenletWaits() if dialect.is_async else BlockingWaits()
 
     def __repr__(self) -> str:
         return f"<rotating_pool hook for secret {self.store.secret_id!r}>"
@@ -236,7 +283,7 @@ class _ConnectHook:
             apply_credentials(cparams, credentials, given, self.dbname_key)
             return dialect.connect(*cargs, **cparams)
 
-        return connect_with_recovery(self.store, self.budget, login)
+        return connect_with_recovery(self.store, self.budget, login, self.waits)
 
 
 def apply_credentials(
@@ -263,10 +310,14 @@ def connect_with_recovery(
     store: CredentialStore,
     budget: RetryBudget,
     login: Callable[[Credentials], T],
-    sleep: Callable[[float], None] = time.sleep,
+    waits: Waits | None = None,
 ) -> T:
-    """Carry out `rotating_pool.policy.login_plan` with blocking calls."""
-    plan = login_plan(store.current(), secret_id=store.secret_id, budget=budget)
+    """Carry out `rotating_pool.policy.login_plan`: log in, and recover from refusals.
+
+    `waits` says how to wait (blocking, or awaiting for async engines).
+    """
+    waits = waits or BlockingWaits()
+    plan = login_plan(waits.current(store), secret_id=store.secret_id, budget=budget)
     action = next(plan)
     refused = 0
     while True:
@@ -289,9 +340,9 @@ def connect_with_recovery(
                     _log_recovery(store, action.credentials, refused)
                 return connection
         elif isinstance(action, Refetch):
-            answer = store.refetch(action.rejected)
+            answer = waits.refetch(store, action.rejected)
         else:
-            sleep(action.seconds)
+            waits.sleep(action.seconds)
             answer = None
         try:
             action = plan.send(answer)

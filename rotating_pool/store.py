@@ -116,6 +116,11 @@ class CredentialStore:
         """The secret this store reads."""
         return self.source.secret_id
 
+    @property
+    def loaded(self) -> bool:
+        """Whether the first load is done (`current` no longer blocks)."""
+        return self._current is not None
+
     def stats(self) -> Stats:
         """A snapshot of the counters."""
         with self._lock:

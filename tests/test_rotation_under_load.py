@@ -1,0 +1,123 @@
+"""Writers through rotating_pool engines while the secret rotates, both strategies.
+
+Each run: 8 threads commit one row per transaction through a pool recycled
+every 0.2 s (so new logins are frequent), while the rotation handler's local
+driver performs 20 rotations with 0.5 s between setSecret and finishSecret.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import pytest
+import sqlalchemy
+from sqlalchemy.engine import URL as SAURL
+
+import rotating_pool
+from rotating_pool.local.workload import WriteLoad
+from rotating_pool.rotation import Rotator
+from tests.support import current_document
+
+URL = "postgresql+psycopg://"
+ROTATIONS = 20
+WINDOW = 0.5  # seconds between setSecret and finishSecret
+
+
+def pause_after(step_name: str, seconds: float) -> Callable[[str, float], None]:
+    def on_step(step: str, _elapsed: float) -> None:
+        if step == step_name:
+            time.sleep(seconds)  # the rotation's own pace, not synchronisation
+
+    return on_step
+
+
+def rotate_under(load: WriteLoad, arn: str, rotations: int, client) -> list[int]:
+    """Rotate `rotations` times; return the engine's recovered-login count after each."""
+    rotator = Rotator(client)
+    recovered = []
+    for _ in range(rotations):
+        rotator.rotate(arn, on_step=pause_after("testSecret", WINDOW))
+        recovered.append(rotating_pool.stats(load.engine).recovered_logins)
+    return recovered
+
+
+def run_rotations(engine, arn: str, rotations: int, client, *, use_session: bool = False):
+    load = WriteLoad(engine, threads=8, use_session=use_session)
+    load.create_table()
+    load.start()
+    try:
+        recovered = rotate_under(load, arn, rotations, client)
+    finally:
+        result = load.stop()
+    return load, result, recovered
+
+
+def assert_survived(load, result, recovered, strategy):
+    assert result.failures == 0, dict(result.errors)
+    assert result.commits > 0
+    assert load.count_rows() == result.commits
+    # A refused login is due in every cycle of a single-user rotation, and in
+    # every cycle but the first of an alternating one (the first changes the
+    # user not in use). Each was recovered within its own cycle.
+    due = range(len(recovered)) if strategy == "single" else range(1, len(recovered))
+    before = [0, *recovered]
+    for cycle in due:
+        assert recovered[cycle] > before[cycle], f"no recovery in rotation {cycle + 1}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["alternating", "single"])
+def test_create_engine_survives_rotations_under_load(
+    make_secret, sm_client, proxy, monkeypatch, strategy
+):
+    arn = make_secret(strategy)
+    # The engine reads through the counting proxy; the rotator goes straight to moto.
+    monkeypatch.setenv("AWS_ENDPOINT_URL_SECRETS_MANAGER", proxy.endpoint_url)
+    engine = rotating_pool.create_engine(URL, secret_id=arn, pool_size=8, pool_recycle=0.2)
+    load, result, recovered = run_rotations(engine, arn, ROTATIONS, sm_client)
+    assert_survived(load, result, recovered, strategy)
+    # Calls: the first load, then per rotation 1 (AWSCURRENT moved) or, in
+    # single-user rotation, 2 (AWSCURRENT, then AWSPENDING).
+    per_rotation = 2 if strategy == "single" else 1
+    assert proxy.total_calls <= 1 + per_rotation * ROTATIONS, dict(proxy.calls)
+    engine.dispose()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["alternating", "single"])
+def test_attach_and_session_survive_rotations_under_load(make_secret, sm_client, strategy):
+    arn = make_secret(strategy)
+    engine = sqlalchemy.create_engine(URL, pool_size=8, pool_recycle=0.2)
+    rotating_pool.attach(engine, secret_id=arn)
+    load, result, recovered = run_rotations(engine, arn, ROTATIONS, sm_client, use_session=True)
+    assert_survived(load, result, recovered, strategy)
+    engine.dispose()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["alternating", "single"])
+def test_control_an_engine_built_once_from_awscurrent_fails(make_secret, sm_client, strategy):
+    arn = make_secret(strategy)
+    secret = current_document(sm_client, arn)
+    url = SAURL.create(
+        "postgresql+psycopg",
+        username=secret["username"],
+        password=secret["password"],
+        host=secret["host"],
+        port=secret["port"],
+        database=secret["dbname"],
+    )
+    engine = sqlalchemy.create_engine(url, pool_size=8, pool_recycle=0.2)
+    load = WriteLoad(engine, threads=8)
+    load.create_table()
+    load.start()
+    try:
+        rotator = Rotator(sm_client)
+        for _ in range(4):
+            rotator.rotate(arn, on_step=pause_after("testSecret", WINDOW))
+    finally:
+        result = load.stop()
+    engine.dispose()
+    assert result.failures > 0
+    assert any("password authentication failed" in error for error in result.errors)
