@@ -16,6 +16,8 @@ Secrets Manager:
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 import threading
@@ -28,7 +30,7 @@ from rotating_pool.errors import RotatingPoolError
 from rotating_pool.secret import AWSCURRENT, AWSPENDING, Credentials
 from rotating_pool.sources import SecretSource
 
-__all__ = ["CredentialStore", "Stats"]
+__all__ = ["CredentialStore", "Flight", "Stats"]
 
 logger = logging.getLogger("rotating_pool")
 
@@ -60,14 +62,50 @@ class Stats:
     credential_changes: int = 0
 
 
-class _Flight:
-    """One refetch in progress, shared by every caller refused with the same credentials."""
+class Flight:
+    """One refetch in progress, shared by every caller refused with the same credentials.
 
-    __slots__ = ("answer", "done")
+    Threads wait on `done`; coroutines await `wait_async()`, which takes no
+    thread, so a thousand refused tasks cost one worker thread, the leader's.
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("_callbacks", "_lock", "answer", "done")
+
+    def __init__(self, answer: Answer = None, *, done: bool = False) -> None:
         self.done = threading.Event()
-        self.answer: Answer = None
+        self.answer: Answer = answer
+        self._lock = threading.Lock()
+        self._callbacks: list[Callable[[], None]] = []
+        if done:
+            self.done.set()
+
+    def finish(self, answer: Answer) -> None:
+        """Publish the answer and wake every waiter."""
+        with self._lock:
+            self.answer = answer
+            self.done.set()
+            callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            callback()
+
+    async def wait_async(self) -> None:
+        """Wait for `finish` without blocking the event loop or taking a thread."""
+        loop = asyncio.get_running_loop()
+        woken = loop.create_future()
+
+        def settle() -> None:
+            if not woken.done():  # a cancelled waiter's future is done already
+                woken.set_result(None)
+
+        def wake() -> None:
+            with contextlib.suppress(RuntimeError):  # the loop may be closed by now
+                loop.call_soon_threadsafe(settle)
+
+        with self._lock:
+            if self.done.is_set():
+                return
+            self._callbacks.append(wake)
+        await woken
 
 
 class CredentialStore:
@@ -106,7 +144,7 @@ class CredentialStore:
         self._lock = threading.Lock()
         self._load_lock = threading.Lock()
         self._refreshing = threading.Lock()
-        self._flights: dict[Credentials, _Flight] = {}
+        self._flights: dict[Credentials, Flight] = {}
 
     def __repr__(self) -> str:
         return f"CredentialStore(secret_id={self.source.secret_id!r}, current={self._current!r})"
@@ -155,37 +193,51 @@ class CredentialStore:
 
         Never raises: errors are answers, for the login policy to weigh.
         """
+        flight, leading = self.join_refetch(rejected)
+        if leading:
+            self.run_refetch(flight, rejected)
+        else:
+            flight.done.wait()
+        return flight.answer
+
+    def join_refetch(self, rejected: Credentials) -> tuple[Flight, bool]:
+        """The flight answering `rejected`, and whether the caller must run it.
+
+        The non-blocking half of `refetch`, for the async shell: the leader
+        runs `run_refetch` (in a worker thread), the others wait on the flight.
+        A flight that is already done is returned when there is nothing to fetch.
+        """
         with self._lock:
             current = self._current
             if current is not None and current != rejected:
-                return current  # another caller has recovered already
+                return Flight(current, done=True), False  # another caller recovered already
             flight = self._flights.get(rejected)
-            leading = flight is None
-            if flight is None:
-                flight = self._flights[rejected] = _Flight()
-                self._counts["refetches"] += 1
-            else:
+            if flight is not None:
                 self._counts["refetch_joins"] += 1
-        if not leading:
-            logger.debug("secret %r: waiting for the refetch in flight", self.secret_id)
-            flight.done.wait()
-            return flight.answer
+                logger.debug("secret %r: waiting for the refetch in flight", self.secret_id)
+                return flight, False
+            flight = self._flights[rejected] = Flight()
+            self._counts["refetches"] += 1
+            return flight, True
+
+    def run_refetch(self, flight: Flight, rejected: Credentials) -> None:
+        """Read the secret for `flight` (which `join_refetch` gave to this caller)."""
+        answer: Answer = None
         try:
-            flight.answer = self._read_newer(rejected)
+            answer = self._read_newer(rejected)
         except Exception as error:  # handed to the policy as an answer, never lost
-            flight.answer = error
+            answer = error
         except BaseException:
             # Interrupted (KeyboardInterrupt, a cancelled greenlet): the waiters
             # get an error answer and may try again; this caller stops.
-            flight.answer = RotatingPoolError(f"the refetch of {self.secret_id!r} was interrupted")
+            answer = RotatingPoolError(f"the refetch of {self.secret_id!r} was interrupted")
             raise
         finally:
             with self._lock:
                 del self._flights[rejected]
-                if isinstance(flight.answer, Credentials):
-                    self._set_current(flight.answer, "a login was refused")
-            flight.done.set()
-        return flight.answer
+                if isinstance(answer, Credentials):
+                    self._set_current(answer, "a login was refused")
+            flight.finish(answer)
 
     def _read_newer(self, rejected: Credentials) -> Credentials | None:
         # Reads bypass the cache: its forced refresh sleeps 2.5-5 s first.

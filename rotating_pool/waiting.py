@@ -71,9 +71,14 @@ class GreenletWaits:
         return credentials
 
     def refetch(self, store: CredentialStore, rejected: Credentials) -> Answer:
-        """See `Waits.refetch`."""
-        answer: Answer = self._await(asyncio.to_thread(store.refetch, rejected))
-        return answer
+        """See `Waits.refetch`: the leader reads in a worker thread, the others
+        await the flight without taking a thread each."""
+        flight, leading = store.join_refetch(rejected)
+        if leading:
+            self._await(asyncio.to_thread(store.run_refetch, flight, rejected))
+        elif not flight.done.is_set():
+            self._await(flight.wait_async())
+        return flight.answer
 
     def sleep(self, seconds: float) -> None:
         """See `Waits.sleep`."""

@@ -99,8 +99,13 @@ def test_a_throttled_fleet_of_eight_processes_fails_nothing_through_single_user_
             assert worker.stdout is not None
             assert worker.stdout.readline().strip() == "ready"
         rotator = Rotator(sm_client)
+
+        def pace(step: str, _elapsed: float) -> None:
+            if step == "testSecret":
+                time.sleep(0.5)  # 0.5 s between setSecret and finishSecret
+
         for _ in range(FLEET_ROTATIONS):
-            rotator.rotate(arn, on_step=lambda step, _s: time.sleep(0.5 if step == "testSecret" else 0))
+            rotator.rotate(arn, on_step=pace)
             time.sleep(2)  # the fleet's steady pace between rotations
         reports = []
         for worker in workers:
@@ -118,4 +123,3 @@ def test_a_throttled_fleet_of_eight_processes_fails_nothing_through_single_user_
     assert all(report["recovered_logins"] >= 1 for report in reports)
     assert proxy.throttled["GetSecretValue"] > 0  # the throttle really bit
     setup.dispose()
-
