@@ -81,8 +81,10 @@ def run_strategy(
             load.start()
         rotator = Rotator(client)
         rotations = 0
-        print(f"\n== {strategy} users: {args.seconds:.0f} s, a rotation every "
-              f"{args.every:.1f} s, {args.threads} writers per engine ==")
+        print(
+            f"\n== {strategy} users: {args.seconds:.0f} s, a rotation every "
+            f"{args.every:.1f} s, {args.threads} writers per engine =="
+        )
         deadline = time.monotonic() + args.seconds
         while time.monotonic() < deadline:
             started = time.monotonic()
@@ -143,8 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=15.0, help="per strategy (15)")
     parser.add_argument("--every", type=float, default=1.5, help="seconds between rotations")
-    parser.add_argument("--window", type=float, default=0.5,
-                        help="seconds between setSecret and finishSecret (0.5)")
+    parser.add_argument(
+        "--window", type=float, default=0.5, help="seconds between setSecret and finishSecret (0.5)"
+    )
     parser.add_argument("--threads", type=int, default=8, help="writers per engine (8)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

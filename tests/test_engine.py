@@ -73,7 +73,11 @@ def test_tls_settings_in_the_url_pass_through_untouched(make_secret, via_proxy):
 
 def test_engine_keywords_behave_as_in_sqlalchemy(make_secret):
     engine = rotating_pool.create_engine(
-        URL, secret_id=make_secret(), pool_size=3, max_overflow=0, pool_pre_ping=True,
+        URL,
+        secret_id=make_secret(),
+        pool_size=3,
+        max_overflow=0,
+        pool_pre_ping=True,
         connect_args={"application_name": "rp-test"},
     )
     assert engine.pool.size() == 3

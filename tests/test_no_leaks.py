@@ -56,8 +56,12 @@ def test_nothing_secret_in_records_errors_or_reprs_at_debug(
     texts += [str(bad.value), repr(bad.value)]
     store = credential_store(engine)
     texts += [
-        repr(engine), repr(store), repr(store.source), repr(store.current()),
-        str(store.current()), repr(rotating_pool.stats(engine)),
+        repr(engine),
+        repr(store),
+        repr(store.source),
+        repr(store.current()),
+        str(store.current()),
+        repr(rotating_pool.stats(engine)),
         repr(engine.dialect.dispatch.do_connect),
     ]
     records = [
@@ -68,7 +72,9 @@ def test_nothing_secret_in_records_errors_or_reprs_at_debug(
     assert any("refused user" in record for record in records)  # the rotation was seen
     assert len(records) > 50  # and DEBUG really was on
     secrets = every_password(sm_client, arn) | {
-        "wrong-and-staying-wrong", "in-a-malformed-secret", postgres.admin_password
+        "wrong-and-staying-wrong",
+        "in-a-malformed-secret",
+        postgres.admin_password,
     }
     assert len(secrets) >= 4
     for secret in secrets:

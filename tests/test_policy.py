@@ -18,9 +18,7 @@ NOLOGIN = OSError('FATAL:  role "app_b" is not permitted to log in')
 
 
 def plan(budget: RetryBudget | None = None):
-    return login_plan(
-        OLD, secret_id="db", budget=budget or RetryBudget(), rng=random.Random(1)
-    )
+    return login_plan(OLD, secret_id="db", budget=budget or RetryBudget(), rng=random.Random(1))
 
 
 @pytest.mark.parametrize(

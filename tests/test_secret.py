@@ -8,8 +8,15 @@ import pytest
 
 from rotating_pool import Credentials, SecretFormatError, parse_credentials
 
-GOOD = {"engine": "postgres", "host": "h", "port": 5432, "dbname": "d",
-        "username": "u", "password": "s3cr3t-pw", "extra": [1, 2]}
+GOOD = {
+    "engine": "postgres",
+    "host": "h",
+    "port": 5432,
+    "dbname": "d",
+    "username": "u",
+    "password": "s3cr3t-pw",
+    "extra": [1, 2],
+}
 
 
 def test_a_full_document_gives_credentials_and_ignores_extra_keys():

@@ -106,7 +106,9 @@ def test_concurrent_refusals_share_one_fetch():
     source.stages[AWSCURRENT] = B2
     source.gate = threading.Event()
     answers: list[object] = []
-    threads = [threading.Thread(target=lambda: answers.append(store.refetch(A1))) for _ in range(16)]
+    threads = [
+        threading.Thread(target=lambda: answers.append(store.refetch(A1))) for _ in range(16)
+    ]
     for thread in threads:
         thread.start()
     # The leader is inside fetch; wait until the other 15 have joined its flight.

@@ -93,7 +93,9 @@ class WriteLoad:
     def count_rows(self) -> int:
         """Rows in the table now."""
         with self.engine.connect() as conn:
-            return int(conn.execute(sqlalchemy.text(f"SELECT count(*) FROM {self.table}")).scalar_one())  # noqa: S608
+            return int(
+                conn.execute(sqlalchemy.text(f"SELECT count(*) FROM {self.table}")).scalar_one()
+            )  # noqa: S608
 
     def start(self) -> None:
         """Start the workers."""

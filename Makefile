@@ -1,0 +1,39 @@
+# Developer and CI entry points. `make test` installs what the tests need.
+
+PYTHON ?= python3
+VENV := .venv
+# Rewritten whenever pyproject.toml changes, so `make venv` reinstalls only then.
+VENV_STAMP := $(VENV)/.installed
+PG_BIN := /usr/lib/postgresql/15/bin
+PYTEST_ARGS ?=
+LINT_PATHS := $(wildcard rotating_pool tests examples benchmarks)
+
+.PHONY: venv postgres test lint demo
+
+venv: $(VENV_STAMP)
+
+$(VENV_STAMP): pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+# The tests run a throwaway PostgreSQL 15 from Debian's server packages.
+postgres:
+	@if [ -x $(PG_BIN)/postgres ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then SUDO=; \
+	elif command -v sudo >/dev/null 2>&1; then SUDO=sudo; \
+	else echo "PostgreSQL 15 server binaries are missing ($(PG_BIN)/postgres):" \
+	     "install Debian's postgresql-15 package (apt-get install postgresql-15) as root." >&2; \
+	     exit 1; fi; \
+	$$SUDO apt-get update && \
+	$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends postgresql-15
+
+test: venv postgres
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+lint: venv
+	$(VENV)/bin/ruff check $(LINT_PATHS)
+	$(VENV)/bin/mypy
+
+demo: venv postgres
+	$(VENV)/bin/python -m examples.demo

@@ -1,0 +1,15 @@
+"""A local stand-in stack for demos, tests and benchmarks; needs the `local` extra (moto) and PostgreSQL 15 server binaries from Debian's packages.
+
+- `LocalPostgres`: a throwaway PostgreSQL 15 server on 127.0.0.1 (`AppSchema`:
+  the roles and database of an alternating-users application on it).
+- `LocalSecretsManager`: moto's Secrets Manager over HTTP in a child process,
+  patched where moto departs from AWS.
+- `FaultProxy`: an HTTP proxy in front of it that counts calls and injects
+  throttling, hangs, refused connections, latency and held requests.
+"""  # noqa: E501
+
+from rotating_pool.local.postgres import AppSchema, LocalPostgres
+from rotating_pool.local.proxy import FaultProxy
+from rotating_pool.local.secretsmanager import LocalSecretsManager
+
+__all__ = ["AppSchema", "FaultProxy", "LocalPostgres", "LocalSecretsManager"]

@@ -1,0 +1,32 @@
+"""Small helpers shared by the local servers: ports, deadlines and log tails."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+# How long a local server may take to answer after it is launched.
+START_TIMEOUT = 30.0
+# How often a starting server is probed.
+POLL_INTERVAL = 0.05
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """Return a TCP port that nothing listens on right now.
+
+    The port is only free when asked: another process may take it before the
+    server binds it. That race is accepted for a test bed.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def log_tail(path: Path, lines: int = 30) -> str:
+    """Return the last `lines` lines of a log file, or a note when it cannot be read."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError as exc:
+        return f"(no log at {path}: {exc})"
+    return "\n".join(text.splitlines()[-lines:])
