@@ -8,6 +8,7 @@ transaction failed.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections import Counter
@@ -77,7 +78,11 @@ class WriteLoad:
         self._result = WriteLoadResult()
         self._workers: list[threading.Thread] = []
         self._started = 0.0
+        if not re.fullmatch(r"[a-z_][a-z0-9_]*", table):
+            raise ValueError(f"table must be a plain lower-case SQL name, not {table!r}")
+        # The name is checked above; identifiers cannot be bind parameters.
         self._insert = sqlalchemy.text(f"INSERT INTO {table} (worker) VALUES (:worker)")  # noqa: S608
+        self._count = sqlalchemy.text(f"SELECT count(*) FROM {table}")  # noqa: S608
 
     def create_table(self) -> None:
         """Create the table if it does not exist."""
@@ -93,9 +98,7 @@ class WriteLoad:
     def count_rows(self) -> int:
         """Rows in the table now."""
         with self.engine.connect() as conn:
-            return int(
-                conn.execute(sqlalchemy.text(f"SELECT count(*) FROM {self.table}")).scalar_one()
-            )  # noqa: S608
+            return int(conn.execute(self._count).scalar_one())
 
     def start(self) -> None:
         """Start the workers."""
