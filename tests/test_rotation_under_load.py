@@ -121,3 +121,42 @@ def test_control_an_engine_built_once_from_awscurrent_fails(make_secret, sm_clie
     engine.dispose()
     assert result.failures > 0
     assert any("password authentication failed" in error for error in result.errors)
+
+
+LAMBDA_ARN = "arn:aws:lambda:us-east-1:123456789012:function:rotating-pool-local-rotator"
+STEPS = ("createSecret", "setSecret", "testSecret", "finishSecret")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["alternating", "single"])
+def test_fifty_rotations_by_the_lambda_handler_fail_no_transaction(
+    make_secret, sm_client, secretsmanager, monkeypatch, strategy
+):
+    """50 rotations in a row, each staged by RotateSecret and carried out by
+    `lambda_handler` as Secrets Manager drives it, under the load above."""
+    from rotating_pool.rotation import lambda_handler
+
+    monkeypatch.setenv("SECRETS_MANAGER_ENDPOINT", secretsmanager.endpoint_url)
+    arn = make_secret(strategy)
+    engine = rotating_pool.create_engine(URL, secret_id=arn, pool_size=8, pool_recycle=0.2)
+    load = WriteLoad(engine, threads=8)
+    load.create_table()
+    load.start()
+    try:
+        for _ in range(50):
+            token = sm_client.rotate_secret(SecretId=arn, RotationLambdaARN=LAMBDA_ARN)[
+                "VersionId"
+            ]
+            for step in STEPS:
+                if step == "finishSecret":
+                    time.sleep(WINDOW)  # the rotation's own pace before finishSecret
+                lambda_handler({"SecretId": arn, "ClientRequestToken": token, "Step": step}, None)
+    finally:
+        result = load.stop()
+    assert result.failures == 0, dict(result.errors)
+    assert load.count_rows() == result.commits
+    versions = sm_client.list_secret_version_ids(SecretId=arn)["Versions"]
+    current = [v for v in versions if "AWSCURRENT" in v["VersionStages"]]
+    assert current[0]["VersionId"] == token  # the 50th rotation finished
+    assert rotating_pool.stats(engine).recovered_logins >= 49
+    engine.dispose()

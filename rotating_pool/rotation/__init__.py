@@ -1,0 +1,81 @@
+"""The rotation side: a Secrets Manager rotation handler for PostgreSQL.
+
+Two strategies, named by the secret's ``rotation_strategy`` key:
+
+- ``single``: the user changes its own password;
+- ``alternating``: two login users, members of a NOLOGIN group role that owns
+  the objects, take turns; an admin (``masterarn``) gives the one that is not
+  AWSCURRENT ``LOGIN`` and a new password.
+
+Entry points: `lambda_handler` (deploy as an AWS Lambda), `Rotator.rotate`
+(one whole rotation without a Lambda), and the ``rotating-pool`` command
+(`rotating_pool.rotation.cli`). It shares only the secret format
+(`rotating_pool.secret`) with the client side.
+
+>>> from rotating_pool.rotation import Rotator
+>>> rotator = Rotator()
+>>> # rotator.rotate("prod/app/db").durations
+"""
+
+from __future__ import annotations
+
+from rotating_pool.rotation.bootstrap import (
+    BootstrapPlan,
+    BootstrapReport,
+    bootstrap,
+    bootstrap_sql,
+)
+from rotating_pool.rotation.errors import (
+    DatabaseLoginError,
+    DatabaseUnavailableError,
+    LoginAttempt,
+    PasswordChangeError,
+    RoleSetupError,
+    RotationConfigError,
+    RotationError,
+    RotationNotEnabledError,
+    RotationStateError,
+    TokenNotFoundError,
+    TokenNotPendingError,
+)
+from rotating_pool.rotation.handler import lambda_handler, rotator_from_environment
+from rotating_pool.rotation.rotator import (
+    DEFAULT_EXCLUDE_CHARACTERS,
+    STEPS,
+    RotationResult,
+    Rotator,
+)
+from rotating_pool.rotation.settings import RotationSettings, Strategy
+from rotating_pool.rotation.status import SecretStatus, UserStatus, VersionStatus, secret_status
+from rotating_pool.rotation.strategies import StepOutcome
+
+__all__ = [
+    "DEFAULT_EXCLUDE_CHARACTERS",
+    "STEPS",
+    "BootstrapPlan",
+    "BootstrapReport",
+    "DatabaseLoginError",
+    "DatabaseUnavailableError",
+    "LoginAttempt",
+    "PasswordChangeError",
+    "RoleSetupError",
+    "RotationConfigError",
+    "RotationError",
+    "RotationNotEnabledError",
+    "RotationResult",
+    "RotationSettings",
+    "RotationStateError",
+    "Rotator",
+    "SecretStatus",
+    "StepOutcome",
+    "Strategy",
+    "TokenNotFoundError",
+    "TokenNotPendingError",
+    "UserStatus",
+    "VersionStatus",
+    "bootstrap",
+    "bootstrap_sql",
+    "lambda_handler",
+    "rotator_from_environment",
+    "secret_status",
+]

@@ -1,0 +1,326 @@
+"""The ``rotating-pool`` command: bootstrap, rotate and status.
+
+Secrets Manager is reached through boto3's default chain: ``AWS_REGION`` /
+``AWS_DEFAULT_REGION``, the usual credentials, and
+``AWS_ENDPOINT_URL_SECRETS_MANAGER`` for a local stand-in.
+
+Errors print one line on stderr and exit with status 2; no output ever holds
+a password or a secret string.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
+
+import botocore.exceptions
+
+from rotating_pool.errors import RotatingPoolError
+from rotating_pool.rotation.bootstrap import (
+    BootstrapPlan,
+    bootstrap,
+    bootstrap_sql,
+    create_database_sql,
+)
+from rotating_pool.rotation.rotator import _CLIENT_CONFIG, DEFAULT_EXCLUDE_CHARACTERS, Rotator
+from rotating_pool.rotation.settings import Strategy
+from rotating_pool.rotation.status import secret_status
+from rotating_pool.rotation.versions import SecretVersions
+from rotating_pool.secret import AWSCURRENT
+
+if TYPE_CHECKING:
+    from mypy_boto3_secretsmanager import SecretsManagerClient
+
+__all__ = ["main"]
+
+_EXIT_ERROR = 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status.
+
+    >>> main(["--help"])  # doctest: +SKIP
+    """
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:
+        return exit_.code if isinstance(exit_.code, int) else _EXIT_ERROR
+    with _logging_to_stderr(args.verbose):
+        try:
+            code: int = args.run(args)
+        except KeyboardInterrupt:
+            print(f"rotating-pool {args.command}: interrupted", file=sys.stderr)
+            return 130
+        except Exception as error:
+            # Every error of ours, boto3's and psycopg's says what went wrong in
+            # its message and none holds a password; the traceback adds nothing
+            # for an operator (run with -vv to see it).
+            if args.verbose >= 2:
+                logging.getLogger("rotating_pool.rotation").exception("%s failed", args.command)
+            print(f"rotating-pool {args.command}: error: {_describe(error)}", file=sys.stderr)
+            return _EXIT_ERROR
+    return code
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rotating-pool",
+        description="Rotate PostgreSQL credentials kept in AWS Secrets Manager.",
+    )
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="log the steps (-v), and tracebacks of errors (-vv)",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    boot = commands.add_parser(
+        "bootstrap",
+        help="create the group role, the login users and the app secret (idempotent)",
+        description=(
+            "Create the NOLOGIN group role that owns the objects, its login user(s) (members "
+            "with `SET role` to it), the grants it needs, and create or update the app secret. "
+            "Runs as the admin whose credentials are in --admin-secret-id. Safe to re-run."
+        ),
+    )
+    boot.add_argument("--secret-name", required=True, help="the app secret to create or update")
+    boot.add_argument(
+        "--admin-secret-id",
+        required=True,
+        help="name or ARN of the admin secret (RDS JSON); becomes the app secret's masterarn",
+    )
+    boot.add_argument(
+        "--strategy",
+        choices=[s.value for s in Strategy],
+        default=Strategy.ALTERNATING.value,
+        help="alternating (two users take turns; default) or single (one user)",
+    )
+    boot.add_argument("--role", default="app", help="the NOLOGIN group role (default: app)")
+    boot.add_argument(
+        "--users",
+        nargs="+",
+        metavar="USER",
+        help="the login users: two for alternating, one for single "
+        "(default: ROLE_a ROLE_b, or ROLE_a)",
+    )
+    boot.add_argument("--host", help="database host (default: the admin secret's)")
+    boot.add_argument("--port", type=int, help="database port (default: the admin secret's)")
+    boot.add_argument("--dbname", help="the app's database (default: the admin secret's)")
+    boot.add_argument(
+        "--create-database",
+        action="store_true",
+        help="create the database first if it does not exist",
+    )
+    boot.add_argument(
+        "--schema", default="public", help="schema the role creates objects in (default: public)"
+    )
+    boot.add_argument(
+        "--print-sql",
+        action="store_true",
+        help="print the SQL instead of running anything (no password in it)",
+    )
+    _password_options(boot)
+    boot.set_defaults(run=_bootstrap)
+
+    rotate = commands.add_parser(
+        "rotate",
+        help="rotate a secret now, as Secrets Manager drives a rotation Lambda",
+        description=(
+            "Run createSecret, setSecret, testSecret and finishSecret with one token, with the "
+            "same code as the Lambda. Needs no Lambda and no rotation enabled on the secret. A "
+            "rotation left unfinished (AWSPENDING on a version of its own) is finished first."
+        ),
+    )
+    rotate.add_argument("--secret-id", required=True, help="the app secret's name or ARN")
+    rotate.add_argument("--token", help="ClientRequestToken to use or resume (default: new)")
+    rotate.add_argument(
+        "--pause-before-finish",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="wait this long between testSecret and finishSecret, as a Lambda's steps would",
+    )
+    rotate.add_argument("--json", action="store_true", help="print the result as JSON")
+    _password_options(rotate)
+    rotate.set_defaults(run=_rotate)
+
+    status = commands.add_parser(
+        "status",
+        help="show versions, labels, users, logins and sessions",
+        description=(
+            "Show each labelled version (user, whether its password logs in) and each user "
+            "(exists, rolcanlogin, which version's password works, sessions open)."
+        ),
+    )
+    status.add_argument("--secret-id", required=True, help="the app secret's name or ARN")
+    status.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    status.add_argument("--connect-timeout", type=float, default=5.0, metavar="SECONDS")
+    status.set_defaults(run=_status)
+    return parser
+
+
+def _password_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--password-length",
+        type=int,
+        default=32,
+        metavar="N",
+        help="length of new passwords (default: 32)",
+    )
+    parser.add_argument(
+        "--exclude-characters",
+        default=DEFAULT_EXCLUDE_CHARACTERS,
+        metavar="CHARS",
+        help="characters new passwords leave out (default: /@\"'\\)",
+    )
+    parser.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="seconds per database login (default: 5)",
+    )
+
+
+def _bootstrap(args: argparse.Namespace) -> int:
+    plan = BootstrapPlan(
+        secret_name=args.secret_name,
+        admin_secret_id=args.admin_secret_id,
+        strategy=Strategy(args.strategy),
+        role=args.role,
+        users=tuple(args.users or ()),
+        host=args.host,
+        port=args.port,
+        dbname=args.dbname,
+        schema=args.schema,
+        create_database=args.create_database,
+    )
+    if args.print_sql:
+        dbname = plan.dbname
+        if dbname is None:
+            admin = SecretVersions(_client(), plan.admin_secret_id).read_required(AWSCURRENT)
+            dbname = admin.credentials.dbname or "postgres"
+        print(f"-- rotating-pool bootstrap: {plan.strategy.value} strategy, run as the admin")
+        if plan.create_database:
+            print(f"-- only if the database does not exist yet:\n{create_database_sql(dbname)}")
+            print(f"-- then, connected to database {dbname!r}:")
+        for statement in bootstrap_sql(plan.role, plan.users, dbname, plan.schema):
+            print(statement)
+        print(
+            f"-- then, unless the app secret's password still works, {plan.users[0]!r} gets a "
+            "new password, sent as a SCRAM-SHA-256 verifier computed on the client:\n"
+            "-- ALTER ROLE <user> WITH LOGIN PASSWORD '<SCRAM-SHA-256$4096:...>';\n"
+            f"-- and the secret {plan.secret_name!r} is created or updated."
+        )
+        return 0
+    report = bootstrap(
+        plan,
+        _client(),
+        password_length=args.password_length,
+        exclude_characters=args.exclude_characters,
+        connect_timeout=args.connect_timeout,
+    )
+    created = ", ".join(repr(r) for r in report.roles_created) or "none (all existed)"
+    print(f"roles created: {created}")
+    print(f"app secret {plan.secret_name!r}: {report.secret_action} ({report.secret_arn})")
+    print(
+        f"AWSCURRENT user: {report.username!r}"
+        + (" (new password set)" if report.password_set else " (password kept)")
+    )
+    return 0
+
+
+def _rotate(args: argparse.Namespace) -> int:
+    rotator = Rotator(
+        _client(),
+        exclude_characters=args.exclude_characters,
+        password_length=args.password_length,
+        connect_timeout=args.connect_timeout,
+    )
+
+    def on_step(step: str, seconds: float) -> None:
+        if not args.json:
+            print(f"  {step:<13} {seconds * 1000:8.1f} ms", flush=True)
+        if step == "testSecret" and args.pause_before_finish > 0:
+            time.sleep(args.pause_before_finish)
+
+    if not args.json:
+        print(f"rotating {args.secret_id!r}", flush=True)
+    result = rotator.rotate(args.secret_id, token=args.token, on_step=on_step)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "secret_id": result.secret_id,
+                    "token": result.token,
+                    "strategy": result.strategy.value,
+                    "username": result.username,
+                    "resumed": result.resumed,
+                    "durations": dict(result.durations),
+                    "outcomes": {step: outcome.value for step, outcome in result.outcomes.items()},
+                },
+                indent=2,
+            )
+        )
+    else:
+        resumed = " (finished an interrupted rotation)" if result.resumed else ""
+        print(f"  {'total':<13} {result.total * 1000:8.1f} ms")
+        print(
+            f"done{resumed}: {result.strategy.value}; AWSCURRENT is version {result.token}, "
+            f"user {result.username!r}"
+        )
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    status = secret_status(_client(), args.secret_id, connect_timeout=args.connect_timeout)
+    if args.json:
+        print(json.dumps(status.to_json(), indent=2))
+    else:
+        print(status.render())
+    return 0
+
+
+def _client() -> SecretsManagerClient:
+    import boto3  # noqa: PLC0415  (slow to import; only when a command needs it)
+
+    return boto3.session.Session().client("secretsmanager", config=_CLIENT_CONFIG)
+
+
+@contextlib.contextmanager
+def _logging_to_stderr(verbose: int) -> Iterator[None]:
+    """Show our log records on stderr for the command's duration, then put the
+    logger back as it was (main may run in-process, e.g. in tests)."""
+    level = {0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG)
+    # Only our logger: botocore at DEBUG would log whole GetSecretValue answers.
+    logger = logging.getLogger("rotating_pool")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.setLevel(level)
+    saved_level = logger.level
+    logger.addHandler(handler)
+    if logger.getEffectiveLevel() > level:
+        logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(saved_level)
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, botocore.exceptions.NoRegionError):
+        return "no AWS region: set AWS_REGION (or AWS_DEFAULT_REGION)"
+    if isinstance(error, botocore.exceptions.NoCredentialsError):
+        return "no AWS credentials found: configure them as for the AWS CLI"
+    text = str(error).strip() or type(error).__name__
+    return text if isinstance(error, RotatingPoolError) else f"{type(error).__name__}: {text}"

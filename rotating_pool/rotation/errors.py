@@ -1,0 +1,119 @@
+"""The errors the rotation side raises.
+
+Each message names the secret (and version or user, where known) and says what
+to fix. None ever contains a password, a SCRAM verifier or a secret string.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from rotating_pool.errors import RotatingPoolError
+
+__all__ = [
+    "DatabaseLoginError",
+    "DatabaseUnavailableError",
+    "LoginAttempt",
+    "PasswordChangeError",
+    "RoleSetupError",
+    "RotationConfigError",
+    "RotationError",
+    "RotationNotEnabledError",
+    "RotationStateError",
+    "TokenNotFoundError",
+    "TokenNotPendingError",
+]
+
+
+class RotationError(RotatingPoolError):
+    """Base class of the rotation side's errors.
+
+    Attributes:
+        secret_id: the secret concerned, when there is one.
+    """
+
+    def __init__(self, message: str, *, secret_id: str | None = None) -> None:
+        super().__init__(message)
+        self.secret_id = secret_id
+
+
+class RotationConfigError(RotationError, ValueError):
+    """The rotation cannot run as configured: a rotation key of the secret
+    (``rotation_strategy``, ``rotation_role``, ``rotation_users``,
+    ``masterarn``), an environment variable, or an argument is missing or wrong.
+
+    Attributes:
+        key: the offending key or variable, when one is to blame.
+    """
+
+    def __init__(self, message: str, *, secret_id: str | None = None, key: str | None = None):
+        super().__init__(message, secret_id=secret_id)
+        self.key = key
+
+
+class RotationStateError(RotationError):
+    """The secret's versions and labels do not allow the step asked for."""
+
+
+class RotationNotEnabledError(RotationStateError):
+    """A Lambda step was called for a secret whose rotation is not enabled."""
+
+
+class TokenNotFoundError(RotationStateError):
+    """The ClientRequestToken is not a version of the secret."""
+
+
+class TokenNotPendingError(RotationStateError):
+    """The ClientRequestToken is a version of the secret, but neither
+    AWSPENDING nor AWSCURRENT."""
+
+
+@dataclass(frozen=True)
+class LoginAttempt:
+    """One login tried during a step, for error messages and logs.
+
+    Attributes:
+        source: where the credentials came from, e.g. ``"AWSCURRENT"`` or
+            ``"admin secret AWSCURRENT"``.
+        username: the database user.
+        reason: why the server refused it; None when it logged in.
+    """
+
+    source: str
+    username: str
+    reason: str | None
+
+    def __str__(self) -> str:
+        outcome = "logged in" if self.reason is None else self.reason
+        return f"{self.source} (user {self.username!r}): {outcome}"
+
+
+class DatabaseLoginError(RotationError):
+    """No credential the step could use was accepted by the database.
+
+    Attributes:
+        attempts: every login tried, in order, with the server's reason.
+    """
+
+    def __init__(
+        self, message: str, *, secret_id: str | None, attempts: Sequence[LoginAttempt]
+    ) -> None:
+        tried = "; ".join(str(attempt) for attempt in attempts)
+        super().__init__(f"{message} (tried: {tried})" if tried else message, secret_id=secret_id)
+        self.attempts = tuple(attempts)
+
+
+class DatabaseUnavailableError(RotationError):
+    """The database could not be reached, or failed for a reason other than a
+    rejected login (network, timeout, too many clients, server starting up)."""
+
+
+class PasswordChangeError(RotationError):
+    """The database refused the ``ALTER ROLE ... PASSWORD`` statement."""
+
+
+class RoleSetupError(RotationError):
+    """The database roles are not set up as the strategy needs (a user is not a
+    member of the group role, or lacks its ``SET ROLE`` default). Running
+    ``rotating-pool bootstrap`` again fixes it."""

@@ -1,0 +1,108 @@
+"""The AWS Lambda entry point Secrets Manager invokes to rotate a secret.
+
+Handler: ``rotating_pool.rotation.lambda_handler``. Configuration comes from
+the function's environment:
+
+=========================  ==========  ==============================================
+variable                   default     meaning
+=========================  ==========  ==============================================
+``EXCLUDE_CHARACTERS``     ``/@"'\\``  characters new passwords leave out
+``PASSWORD_LENGTH``        ``32``      length of new passwords (8-4096)
+``CONNECT_TIMEOUT``        ``5``       seconds per database login
+``SECRETS_MANAGER_ENDPOINT`` (unset)   Secrets Manager endpoint URL, as AWS's own
+                                       templates read it (e.g. a VPC endpoint);
+                                       ``AWS_ENDPOINT_URL_SECRETS_MANAGER`` works too
+``LOG_LEVEL``              ``INFO``    level of the ``rotating_pool.rotation`` logger
+=========================  ==========  ==============================================
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+from rotating_pool.rotation.errors import RotationConfigError
+from rotating_pool.rotation.rotator import _CLIENT_CONFIG, DEFAULT_EXCLUDE_CHARACTERS, Rotator
+
+__all__ = ["lambda_handler", "rotator_from_environment"]
+
+logger = logging.getLogger("rotating_pool.rotation")
+
+# One Rotator (and boto3 client) per warm Lambda container: making a client
+# costs more than a whole step. Keyed by the configuration so that a changed
+# environment (tests) gets a new one.
+_cached: tuple[tuple[str, ...], Rotator] | None = None
+_cache_lock = threading.Lock()
+
+
+def rotator_from_environment(environ: Mapping[str, str] | None = None) -> Rotator:
+    """A `Rotator` configured from the environment variables above.
+
+    Raises:
+        RotationConfigError: a variable is not a valid number.
+    """
+    global _cached
+    env = os.environ if environ is None else environ
+    exclude = env.get("EXCLUDE_CHARACTERS", DEFAULT_EXCLUDE_CHARACTERS)
+    length = _number(env, "PASSWORD_LENGTH", "32", int)
+    timeout = _number(env, "CONNECT_TIMEOUT", "5", float)
+    endpoint = env.get("SECRETS_MANAGER_ENDPOINT") or None
+    key = (exclude, str(length), str(timeout), endpoint or "")
+    with _cache_lock:
+        if _cached is not None and _cached[0] == key:
+            return _cached[1]
+        import boto3  # noqa: PLC0415  (slow to import; only when needed)
+
+        client = boto3.session.Session().client(
+            "secretsmanager", endpoint_url=endpoint, config=_CLIENT_CONFIG
+        )
+        rotator = Rotator(
+            client,
+            exclude_characters=exclude,
+            password_length=length,
+            connect_timeout=timeout,
+        )
+        _cached = (key, rotator)
+        return rotator
+
+
+def lambda_handler(event: Mapping[str, Any], context: object) -> None:
+    """Run the step Secrets Manager asks for.
+
+    Args:
+        event: ``{"SecretId": ARN, "ClientRequestToken": token, "Step": step}``,
+            step one of createSecret, setSecret, testSecret, finishSecret.
+        context: the Lambda context (unused).
+
+    Raises:
+        RotationError (or rotating_pool.errors.SecretError) when the step fails;
+        Secrets Manager then marks the rotation failed and retries it later with
+        the same token.
+    """
+    level = os.environ.get("LOG_LEVEL", "INFO").upper()
+    if logger.level == logging.NOTSET:
+        # The Lambda runtime's root logger is at WARNING; step logs are INFO.
+        logger.setLevel(level if isinstance(logging.getLevelName(level), int) else "INFO")
+    missing = [k for k in ("SecretId", "ClientRequestToken", "Step") if not event.get(k)]
+    if missing:
+        raise RotationConfigError(
+            f"the rotation event lacks {', '.join(missing)}: this function must be invoked by "
+            'Secrets Manager with {"SecretId", "ClientRequestToken", "Step"}',
+            key=missing[0],
+        )
+    rotator_from_environment().run_step(
+        str(event["SecretId"]), str(event["ClientRequestToken"]), str(event["Step"])
+    )
+
+
+def _number(env: Mapping[str, str], name: str, default: str, kind: type[int] | type[float]) -> Any:
+    raw = env.get(name, default)
+    try:
+        return kind(raw)
+    except ValueError:
+        raise RotationConfigError(
+            f"environment variable {name}={raw!r} is not a number", key=name
+        ) from None

@@ -1,0 +1,388 @@
+"""The four rotation steps, for the Lambda entry point and the local driver.
+
+Secrets Manager drives a rotation by calling a function four times with the
+same ClientRequestToken: createSecret, setSecret, testSecret, finishSecret. On
+any failure it retries the whole rotation with that token, so each step here
+is idempotent per token:
+
+- createSecret reuses the AWSPENDING value already stored for the token;
+- setSecret does nothing if the AWSPENDING password already logs in;
+- finishSecret does nothing if the token is already AWSCURRENT.
+
+Before each step come the checks AWS's templates make: rotation enabled, the
+token is a version of the secret, a token already AWSCURRENT means nothing to
+do, otherwise it must be AWSPENDING.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import botocore.config
+
+from rotating_pool.rotation.database import login
+from rotating_pool.rotation.errors import (
+    RoleSetupError,
+    RotationConfigError,
+    RotationNotEnabledError,
+    TokenNotFoundError,
+    TokenNotPendingError,
+)
+from rotating_pool.rotation.settings import RotationSettings, Strategy
+from rotating_pool.rotation.strategies import StepContext, StepOutcome, strategy_for
+from rotating_pool.rotation.versions import SecretDescription, SecretVersions, random_password
+from rotating_pool.secret import AWSCURRENT, AWSPENDING
+
+if TYPE_CHECKING:
+    from mypy_boto3_secretsmanager import SecretsManagerClient
+
+__all__ = [
+    "DEFAULT_EXCLUDE_CHARACTERS",
+    "STEPS",
+    "RotationResult",
+    "Rotator",
+]
+
+logger = logging.getLogger("rotating_pool.rotation")
+
+STEPS = ("createSecret", "setSecret", "testSecret", "finishSecret")
+
+# AWS's templates exclude these by default: they break connection strings and
+# shell quoting.
+DEFAULT_EXCLUDE_CHARACTERS = "/@\"'\\"
+
+# A rotation step is a handful of short calls; botocore's 60 s default read
+# timeout would let one hung call eat a Lambda's whole budget.
+_CLIENT_CONFIG = botocore.config.Config(
+    connect_timeout=5,
+    read_timeout=10,
+    retries={"mode": "standard", "max_attempts": 3},
+    user_agent_extra="rotating_pool.rotation",
+)
+
+
+@dataclass(frozen=True)
+class RotationResult:
+    """What one `Rotator.rotate` did.
+
+    Attributes:
+        secret_id: the secret rotated.
+        token: the ClientRequestToken (= the new AWSCURRENT version id).
+        strategy: the strategy the secret named.
+        username: the database user AWSCURRENT now names.
+        durations: seconds per step, in step order.
+        outcomes: what each step did (`StepOutcome`).
+        resumed: True when the rotation finished one left half-done (its
+            AWSPENDING version) rather than starting anew.
+    """
+
+    secret_id: str
+    token: str
+    strategy: Strategy
+    username: str
+    durations: Mapping[str, float]
+    outcomes: Mapping[str, StepOutcome]
+    resumed: bool = False
+
+    @property
+    def total(self) -> float:
+        """Seconds for the four steps together."""
+        return sum(self.durations.values())
+
+
+class Rotator:
+    """Runs rotation steps against Secrets Manager and PostgreSQL.
+
+    Args:
+        client: a boto3 ``secretsmanager`` client. By default one is made on
+            first use from boto3's default chain (it honours
+            ``AWS_ENDPOINT_URL_SECRETS_MANAGER``), with short timeouts.
+        exclude_characters: characters GetRandomPassword must leave out.
+        password_length: length of new passwords.
+        connect_timeout: seconds allowed for each database login.
+
+    >>> rotator = Rotator(password_length=40)   # nothing is contacted yet
+    >>> # result = rotator.rotate("prod/app/db")
+    """
+
+    def __init__(
+        self,
+        client: SecretsManagerClient | None = None,
+        *,
+        exclude_characters: str = DEFAULT_EXCLUDE_CHARACTERS,
+        password_length: int = 32,
+        connect_timeout: float = 5.0,
+    ) -> None:
+        if not 8 <= password_length <= 4096:
+            raise RotationConfigError(
+                f"password_length must be between 8 and 4096, not {password_length}",
+                key="password_length",
+            )
+        if connect_timeout <= 0:
+            raise RotationConfigError(
+                f"connect_timeout must be positive, not {connect_timeout}", key="connect_timeout"
+            )
+        self._client = client
+        self._client_lock = threading.Lock()
+        self.exclude_characters = exclude_characters
+        self.password_length = password_length
+        self.connect_timeout = connect_timeout
+
+    def __repr__(self) -> str:
+        return (
+            f"Rotator(password_length={self.password_length}, "
+            f"connect_timeout={self.connect_timeout})"
+        )
+
+    @property
+    def client(self) -> SecretsManagerClient:
+        """The Secrets Manager client (made on first use)."""
+        if self._client is None:
+            with self._client_lock:
+                if self._client is None:
+                    import boto3  # noqa: PLC0415  (slow to import; only when needed)
+
+                    self._client = boto3.session.Session().client(
+                        "secretsmanager", config=_CLIENT_CONFIG
+                    )
+        return self._client
+
+    def run_step(
+        self, secret_id: str, token: str, step: str, *, check_enabled: bool = True
+    ) -> StepOutcome:
+        """Run one rotation step, after AWS's label checks.
+
+        Args:
+            secret_id: the secret's ARN or name.
+            token: the ClientRequestToken (the AWSPENDING version's id).
+            step: ``createSecret``, ``setSecret``, ``testSecret`` or ``finishSecret``.
+            check_enabled: refuse when rotation is not enabled on the secret, and
+                require the token's version to exist before createSecret, as for
+                a Lambda invoked by RotateSecret. The local driver passes False:
+                without a Lambda nothing enables rotation or stages the empty
+                AWSPENDING version, so createSecret creates it.
+
+        Raises:
+            RotationConfigError: unknown step, or the secret's rotation keys are wrong.
+            RotationStateError: the token fails the label checks.
+            DatabaseLoginError, DatabaseUnavailableError, PasswordChangeError,
+            RoleSetupError: the database side failed.
+            rotating_pool.errors.SecretError: a version is missing or malformed.
+        """
+        if step not in STEPS:
+            raise RotationConfigError(
+                f"unknown rotation step {step!r}: expected one of {', '.join(STEPS)}",
+                secret_id=secret_id,
+                key="Step",
+            )
+        versions = SecretVersions(self.client, secret_id)
+        description = versions.describe()
+        if not self._token_needs_step(description, secret_id, token, step, check_enabled):
+            logger.info(
+                "secret %r: %s: version %s is already AWSCURRENT; nothing to do",
+                secret_id,
+                step,
+                token,
+            )
+            return StepOutcome.SKIPPED
+        ctx = StepContext(
+            secret_id=secret_id,
+            token=token,
+            versions=versions,
+            client=self.client,
+            connect_timeout=self.connect_timeout,
+        )
+        started = time.perf_counter()
+        if step == "createSecret":
+            outcome = self._create_secret(ctx, description)
+        elif step == "setSecret":
+            outcome = self._set_secret(ctx)
+        elif step == "testSecret":
+            outcome = self._test_secret(ctx)
+        else:
+            outcome = self._finish_secret(ctx, description)
+        logger.info(
+            "secret %r: %s for version %s: %s in %.3f s",
+            secret_id,
+            step,
+            token,
+            outcome.value,
+            time.perf_counter() - started,
+        )
+        return outcome
+
+    def rotate(
+        self,
+        secret_id: str,
+        *,
+        token: str | None = None,
+        on_step: Callable[[str, float], None] | None = None,
+    ) -> RotationResult:
+        """Perform one whole rotation, as Secrets Manager would drive it.
+
+        Needs neither a Lambda nor rotation enabled on the secret: createSecret
+        itself stores the AWSPENDING version (PutSecretValue) that RotateSecret
+        would have staged empty. The steps are the same code the Lambda runs.
+
+        Args:
+            token: the ClientRequestToken. None: if an unfinished rotation left an
+                AWSPENDING version (not also AWSCURRENT), finish that one with its
+                token, as Secrets Manager's retry would; otherwise a new uuid4.
+                Giving a new token instead starts afresh (createSecret moves the
+                AWSPENDING label onto it).
+            on_step: called as ``on_step(step, seconds)`` after each step; it may
+                sleep (to widen the window between setSecret and finishSecret) or
+                raise (to simulate a crash: re-run with the same token).
+
+        Returns:
+            per-step durations and outcomes, the token, the strategy and the user
+            now AWSCURRENT.
+        """
+        versions = SecretVersions(self.client, secret_id)
+        resumed = False
+        if token is None:
+            description = versions.describe()
+            pending = description.version_with(AWSPENDING)
+            # A version labelled AWSPENDING alone is a rotation that did not
+            # finish; with other labels it is a leftover marker, which
+            # createSecret moves onto the new token.
+            if pending is not None and description.stages[pending] == (AWSPENDING,):
+                logger.warning(
+                    "secret %r: finishing the unfinished rotation of version %s first",
+                    secret_id,
+                    pending,
+                )
+                token, resumed = pending, True
+            else:
+                token = str(uuid.uuid4())
+        durations: dict[str, float] = {}
+        outcomes: dict[str, StepOutcome] = {}
+        for step in STEPS:
+            started = time.perf_counter()
+            outcomes[step] = self.run_step(secret_id, token, step, check_enabled=False)
+            durations[step] = time.perf_counter() - started
+            if on_step is not None:
+                on_step(step, durations[step])
+        current = versions.read_required(AWSCURRENT)
+        settings = RotationSettings.from_document(secret_id, current.document)
+        return RotationResult(
+            secret_id=secret_id,
+            token=token,
+            strategy=settings.strategy,
+            username=current.credentials.username,
+            durations=durations,
+            outcomes=outcomes,
+            resumed=resumed,
+        )
+
+    # -- the label checks ------------------------------------------------------
+
+    @staticmethod
+    def _token_needs_step(
+        description: SecretDescription,
+        secret_id: str,
+        token: str,
+        step: str,
+        check_enabled: bool,
+    ) -> bool:
+        """AWS's checks; False when the token is already AWSCURRENT."""
+        if check_enabled and description.rotation_enabled is False:
+            raise RotationNotEnabledError(
+                f"secret {secret_id!r} is not enabled for rotation: turn rotation on "
+                "(RotateSecret with this function's ARN), or rotate it with "
+                "`rotating-pool rotate`",
+                secret_id=secret_id,
+            )
+        stages = description.stages.get(token)
+        if stages is None:
+            if not check_enabled and step == "createSecret":
+                return True
+            raise TokenNotFoundError(
+                f"secret {secret_id!r} has no version {token!r} to rotate ({step}): the "
+                "ClientRequestToken must be the AWSPENDING version RotateSecret staged",
+                secret_id=secret_id,
+            )
+        if AWSCURRENT in stages:
+            return False
+        if AWSPENDING not in stages:
+            raise TokenNotPendingError(
+                f"secret {secret_id!r}: version {token!r} is not AWSPENDING (its labels: "
+                f"{', '.join(stages) or 'none'}), so it is not being rotated; start a new "
+                "rotation instead",
+                secret_id=secret_id,
+            )
+        return True
+
+    # -- the steps ---------------------------------------------------------------
+
+    def _create_secret(self, ctx: StepContext, description: SecretDescription) -> StepOutcome:
+        current = ctx.versions.read_required(AWSCURRENT)
+        settings = RotationSettings.from_document(ctx.secret_id, current.document)
+        # The version may exist without a value (staged by RotateSecret): only
+        # a value makes this step done.
+        if ctx.token in description.stages:
+            existing = ctx.versions.read(stage=AWSPENDING, version_id=ctx.token)
+            if existing is not None:
+                return StepOutcome.ALREADY_DONE
+        username = strategy_for(settings).pending_username(ctx.secret_id, current.credentials)
+        password = random_password(
+            ctx.client,
+            length=self.password_length,
+            exclude_characters=self.exclude_characters,
+        )
+        # Every other key (host, rotation_*, masterarn, ...) carries over.
+        document = {**current.document, "username": username, "password": password}
+        ctx.versions.put(ctx.token, document, [AWSPENDING])
+        return StepOutcome.PERFORMED
+
+    def _set_secret(self, ctx: StepContext) -> StepOutcome:
+        current = ctx.versions.read_required(AWSCURRENT)
+        pending = ctx.versions.read_required(AWSPENDING, ctx.token)
+        settings = RotationSettings.from_document(ctx.secret_id, pending.document)
+        return strategy_for(settings).set_password(ctx, current, pending)
+
+    def _test_secret(self, ctx: StepContext) -> StepOutcome:
+        pending = ctx.versions.read_required(AWSPENDING, ctx.token)
+        settings = RotationSettings.from_document(ctx.secret_id, pending.document)
+        conn = login(
+            pending.credentials,
+            source="AWSPENDING",
+            connect_timeout=self.connect_timeout,
+            secret_id=ctx.secret_id,
+        )
+        with conn:
+            row = conn.execute("SELECT current_user, session_user").fetchone()
+        assert row is not None
+        current_user, session_user = row
+        # The point of the group-role scheme: whatever the user creates is owned
+        # by the role. If the SET ROLE default or the membership is missing, the
+        # rotation would hand out a user whose tables the other user cannot use.
+        if settings.role is not None and current_user != settings.role:
+            raise RoleSetupError(
+                f"secret {ctx.secret_id!r}: user {session_user!r} logs in but acts as "
+                f"{current_user!r}, not as the group role {settings.role!r}; it needs "
+                f"`GRANT {settings.role} TO {session_user}` and "
+                f"`ALTER ROLE {session_user} SET ROLE {settings.role}` (run rotating-pool "
+                "bootstrap again)",
+                secret_id=ctx.secret_id,
+            )
+        return StepOutcome.PERFORMED
+
+    def _finish_secret(self, ctx: StepContext, description: SecretDescription) -> StepOutcome:
+        current_version = description.version_with(AWSCURRENT)
+        if current_version == ctx.token:
+            return StepOutcome.ALREADY_DONE
+        # Secrets Manager puts AWSPREVIOUS on the version that loses AWSCURRENT.
+        ctx.versions.move_stage(AWSCURRENT, ctx.token, current_version)
+        # AWS takes both AWSPENDING on the new AWSCURRENT and AWSPENDING on no
+        # version for a finished rotation. None is safer: once another value is
+        # put, a label left here would sit on a non-current version, which
+        # RotateSecret takes for a rotation in progress and refuses to start.
+        ctx.versions.remove_stage(AWSPENDING, ctx.token)
+        return StepOutcome.PERFORMED

@@ -1,0 +1,364 @@
+"""What a secret and its database users look like right now (``rotating-pool status``).
+
+For each labelled version of the secret: its labels, the user it names and
+whether its password logs in. For each database user: whether the role
+exists, may log in (``rolcanlogin``), which versions' passwords it accepts,
+and how many sessions it has open (``pg_stat_activity``, leaving out the
+rotation's own sessions).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from rotating_pool.errors import SecretError
+from rotating_pool.rotation.database import APPLICATION_NAME, Login, try_login
+from rotating_pool.rotation.errors import DatabaseUnavailableError, RotationConfigError
+from rotating_pool.rotation.settings import RotationSettings
+from rotating_pool.rotation.versions import SecretVersion, SecretVersions
+from rotating_pool.secret import AWSCURRENT, AWSPENDING, AWSPREVIOUS
+
+if TYPE_CHECKING:
+    from mypy_boto3_secretsmanager import SecretsManagerClient
+
+__all__ = ["SecretStatus", "UserStatus", "VersionStatus", "secret_status"]
+
+# Versions are listed in this order; other labels (custom ones) after them.
+_STAGE_ORDER = {AWSCURRENT: 0, AWSPENDING: 1, AWSPREVIOUS: 2}
+
+
+@dataclass(frozen=True)
+class VersionStatus:
+    """One labelled version of the secret.
+
+    Attributes:
+        version_id: its id.
+        stages: its labels.
+        created: when it was created, if Secrets Manager said.
+        username: the user it names; None when it has no value (yet).
+        logs_in: whether its password logs in; None when not tried.
+        login_error: the server's reason when it did not log in.
+    """
+
+    version_id: str
+    stages: tuple[str, ...]
+    created: datetime.datetime | None
+    username: str | None
+    logs_in: bool | None
+    login_error: str | None = None
+
+
+@dataclass(frozen=True)
+class UserStatus:
+    """One database user the secret uses.
+
+    Attributes:
+        username: the role name.
+        exists: whether the role exists; None when the database was not reachable.
+        can_login: ``rolcanlogin``; None when unknown.
+        working_stages: labels of the versions whose password this user accepts.
+        sessions: sessions open as this user (session user), None when unknown.
+    """
+
+    username: str
+    exists: bool | None
+    can_login: bool | None
+    working_stages: tuple[str, ...]
+    sessions: int | None
+
+    @property
+    def password_works(self) -> bool:
+        """Whether some labelled version's password logs in as this user."""
+        return bool(self.working_stages)
+
+
+@dataclass(frozen=True)
+class SecretStatus:
+    """The state of a secret and of the users it names.
+
+    Attributes:
+        secret_id, arn, name: the secret.
+        rotation_enabled: as DescribeSecret says.
+        strategy, role: from AWSCURRENT's rotation keys (None when absent).
+        problem: why the rotation keys are unusable, if they are.
+        versions, users: see `VersionStatus`, `UserStatus`.
+        database_error: why the database could not be queried, if it could not.
+    """
+
+    secret_id: str
+    arn: str
+    name: str
+    rotation_enabled: bool | None
+    strategy: str | None
+    role: str | None
+    problem: str | None
+    versions: tuple[VersionStatus, ...]
+    users: tuple[UserStatus, ...]
+    database_error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict (no password in it)."""
+        return {
+            "secret_id": self.secret_id,
+            "arn": self.arn,
+            "name": self.name,
+            "rotation_enabled": self.rotation_enabled,
+            "strategy": self.strategy,
+            "role": self.role,
+            "problem": self.problem,
+            "database_error": self.database_error,
+            "versions": [
+                {
+                    "version_id": v.version_id,
+                    "stages": list(v.stages),
+                    "created": v.created.isoformat() if v.created else None,
+                    "username": v.username,
+                    "logs_in": v.logs_in,
+                    "login_error": v.login_error,
+                }
+                for v in self.versions
+            ],
+            "users": [
+                {
+                    "username": u.username,
+                    "exists": u.exists,
+                    "can_login": u.can_login,
+                    "password_works": u.password_works,
+                    "working_stages": list(u.working_stages),
+                    "sessions": u.sessions,
+                }
+                for u in self.users
+            ],
+        }
+
+    def render(self) -> str:
+        """Readable tables, for a terminal."""
+        enabled = {None: "unknown", True: "yes", False: "no"}[self.rotation_enabled]
+        lines = [
+            f"secret    {self.name}",
+            f"arn       {self.arn}",
+            f"strategy  {self.strategy or '-'}    group role: {_name(self.role)}    "
+            f"rotation enabled: {enabled}",
+        ]
+        if self.problem:
+            lines.append(f"problem   {self.problem}")
+        if self.database_error:
+            lines.append(f"database  {self.database_error}")
+        lines.append("")
+        lines += _table(
+            ["VERSION", "LABELS", "CREATED", "USER", "LOGS IN"],
+            [
+                [
+                    v.version_id,
+                    ", ".join(v.stages),
+                    v.created.strftime("%Y-%m-%d %H:%M:%S") if v.created else "-",
+                    _name(v.username) if v.username is not None else "(no value yet)",
+                    _logs_in(v),
+                ]
+                for v in self.versions
+            ],
+        )
+        lines.append("")
+        lines += _table(
+            ["USER", "EXISTS", "CAN LOGIN", "PASSWORD WORKS", "SESSIONS"],
+            [
+                [
+                    _name(u.username),
+                    _yes_no(u.exists),
+                    _yes_no(u.can_login),
+                    f"yes ({', '.join(u.working_stages)})" if u.working_stages else "no",
+                    "?" if u.sessions is None else str(u.sessions),
+                ]
+                for u in self.users
+            ],
+        )
+        return "\n".join(lines)
+
+
+def secret_status(
+    client: SecretsManagerClient, secret_id: str, *, connect_timeout: float = 5.0
+) -> SecretStatus:
+    """Gather the `SecretStatus` of `secret_id`.
+
+    Every labelled version's password is tried once (so failed logins appear in
+    the server log); the role and session queries run over a session of the
+    first version that logs in, else of the admin secret (``masterarn``).
+
+    Raises:
+        rotating_pool.errors.SecretError: the secret is missing or unreadable.
+    """
+    versions = SecretVersions(client, secret_id)
+    description = versions.describe()
+    created = {v.version_id: v.created for v in versions.list_versions()}
+
+    settings: RotationSettings | None = None
+    problem: str | None = None
+    current = versions.read(stage=AWSCURRENT)
+    if current is not None:
+        try:
+            settings = RotationSettings.from_document(secret_id, current.document)
+        except RotationConfigError as error:
+            problem = str(error)
+
+    rows: list[VersionStatus] = []
+    working: dict[str, list[str]] = {}
+    query_conn: Login | None = None
+    database_error: str | None = None
+    # Unlabelled versions are deprecated (AWS leaves them out of DescribeSecret).
+    labelled = [
+        (version_id, tuple(sorted(stages, key=lambda s: (_STAGE_ORDER.get(s, 9), s))))
+        for version_id, stages in description.stages.items()
+        if stages
+    ]
+    labelled.sort(key=lambda item: _STAGE_ORDER.get(item[1][0], 9))
+    for version_id, stages in labelled:
+        try:
+            version = versions.read(version_id=version_id)
+        except SecretError as error:
+            rows.append(
+                VersionStatus(version_id, stages, created.get(version_id), None, None, str(error))
+            )
+            continue
+        if version is None:
+            rows.append(VersionStatus(version_id, stages, created.get(version_id), None, None))
+            continue
+        creds = version.credentials
+        logs_in: bool | None = None
+        reason: str | None = None
+        if database_error is None:
+            try:
+                conn, attempt = try_login(
+                    creds, source=", ".join(stages) or version_id, connect_timeout=connect_timeout
+                )
+            except DatabaseUnavailableError as error:
+                database_error, reason = str(error), "database unreachable"
+            else:
+                logs_in, reason = conn is not None, attempt.reason
+                if conn is not None:
+                    working.setdefault(creds.username, []).extend(stages)
+                    if query_conn is None:
+                        query_conn = conn
+                    else:
+                        conn.close()
+        rows.append(
+            VersionStatus(
+                version_id, stages, created.get(version_id), creds.username, logs_in, reason
+            )
+        )
+
+    usernames: list[str] = list(settings.users) if settings and settings.users else []
+    for row in rows:
+        if row.username is not None and row.username not in usernames:
+            usernames.append(row.username)
+
+    if query_conn is None and database_error is None and settings and settings.master_arn:
+        query_conn, database_error = _admin_session(
+            client, settings.master_arn, current, connect_timeout
+        )
+    roles: dict[str, bool] = {}
+    sessions: dict[str, int] = {}
+    if query_conn is not None:
+        with query_conn:
+            roles, sessions = _roles_and_sessions(query_conn, usernames)
+    known = query_conn is not None
+    users = tuple(
+        UserStatus(
+            username=name,
+            exists=(name in roles) if known else None,
+            can_login=roles.get(name) if known else None,
+            working_stages=tuple(working.get(name, ())),
+            sessions=sessions.get(name, 0) if known else None,
+        )
+        for name in usernames
+    )
+    return SecretStatus(
+        secret_id=secret_id,
+        arn=description.arn,
+        name=description.name,
+        rotation_enabled=description.rotation_enabled,
+        strategy=settings.strategy.value if settings else None,
+        role=settings.role if settings else None,
+        problem=problem,
+        versions=tuple(rows),
+        users=users,
+        database_error=database_error,
+    )
+
+
+def _admin_session(
+    client: SecretsManagerClient,
+    master_arn: str,
+    current: SecretVersion | None,
+    connect_timeout: float,
+) -> tuple[Login | None, str | None]:
+    admin_version = SecretVersions(client, master_arn).read(stage=AWSCURRENT)
+    if admin_version is None:
+        return None, f"no version of the secret logs in, and admin secret {master_arn!r} is empty"
+    admin = admin_version.credentials
+    if current is not None:
+        app = current.credentials
+        admin = dataclasses.replace(
+            admin,
+            host=admin.host or app.host,
+            port=admin.port or app.port,
+            dbname=app.dbname or admin.dbname,
+        )
+    try:
+        conn, attempt = try_login(admin, source="admin secret", connect_timeout=connect_timeout)
+    except DatabaseUnavailableError as error:
+        return None, str(error)
+    return conn, None if conn is not None else f"admin secret does not log in: {attempt.reason}"
+
+
+def _roles_and_sessions(
+    conn: Login, usernames: Sequence[str]
+) -> tuple[dict[str, bool], dict[str, int]]:
+    # Our own login probes are closed by now; the query session is left out.
+    roles = {
+        name: bool(can_login)
+        for name, can_login in conn.execute(
+            "SELECT rolname, rolcanlogin FROM pg_catalog.pg_roles WHERE rolname = ANY(%s)",
+            [list(usernames)],
+        )
+    }
+    sessions = {
+        name: int(count)
+        for name, count in conn.execute(
+            "SELECT usename, count(*) FROM pg_catalog.pg_stat_activity"
+            " WHERE usename = ANY(%s) AND pid <> pg_backend_pid()"
+            " AND application_name IS DISTINCT FROM %s GROUP BY usename",
+            [list(usernames), APPLICATION_NAME],
+        )
+    }
+    return roles, sessions
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows, strict=True)]
+    return [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in [headers, *rows]
+    ]
+
+
+def _name(name: str | None) -> str:
+    # Plain names as they are; names with spaces or quotes as SQL would write them.
+    if name is None:
+        return "-"
+    if name.isidentifier() and name == name.lower():
+        return name
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _yes_no(value: bool | None) -> str:
+    return "?" if value is None else ("yes" if value else "no")
+
+
+def _logs_in(version: VersionStatus) -> str:
+    if version.logs_in is None:
+        return "-" if version.login_error is None else f"? ({version.login_error})"
+    return "yes" if version.logs_in else f"no ({version.login_error})"

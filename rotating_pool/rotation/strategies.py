@@ -1,0 +1,285 @@
+"""The two rotation strategies: who gets the new password, and who sets it.
+
+The four-step skeleton (label checks, createSecret, testSecret, finishSecret)
+is the same for both and lives in `rotator`; a strategy decides only:
+
+- createSecret: which user the AWSPENDING version names;
+- setSecret: how the new password gets into the database.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from rotating_pool.errors import SecretFormatError
+from rotating_pool.rotation.database import Login, login, try_login
+from rotating_pool.rotation.errors import (
+    DatabaseLoginError,
+    LoginAttempt,
+    RotationConfigError,
+    RotationStateError,
+)
+from rotating_pool.rotation.password import set_password
+from rotating_pool.rotation.settings import RotationSettings, Strategy
+from rotating_pool.rotation.versions import SecretVersion, SecretVersions
+from rotating_pool.secret import AWSCURRENT, AWSPENDING, AWSPREVIOUS, Credentials
+
+if TYPE_CHECKING:
+    from mypy_boto3_secretsmanager import SecretsManagerClient
+
+__all__ = [
+    "AlternatingUsers",
+    "RotationStrategy",
+    "SingleUser",
+    "StepContext",
+    "StepOutcome",
+    "strategy_for",
+]
+
+logger = logging.getLogger("rotating_pool.rotation")
+
+# How many unlabelled older versions setSecret (single) may try after AWSCURRENT
+# and AWSPREVIOUS: enough to find a password set by a rotation whose AWSPENDING
+# label was removed before finishSecret, few enough not to look like an attack.
+_OLDER_VERSIONS_TRIED = 3
+
+
+class StepOutcome(str, enum.Enum):
+    """What a step did.
+
+    - ``performed``: it changed something (a version, a password, a label).
+    - ``already_done``: a previous run with this token had done it (retry).
+    - ``skipped``: the token is already AWSCURRENT; there is nothing to do.
+    """
+
+    PERFORMED = "performed"
+    ALREADY_DONE = "already_done"
+    SKIPPED = "skipped"
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """What a step runs against."""
+
+    secret_id: str
+    token: str
+    versions: SecretVersions
+    client: SecretsManagerClient
+    connect_timeout: float
+
+    def try_login(self, credentials: Credentials, source: str) -> tuple[Login | None, LoginAttempt]:
+        """`database.try_login` with this context's timeout."""
+        return try_login(credentials, source=source, connect_timeout=self.connect_timeout)
+
+
+class RotationStrategy(Protocol):
+    """The strategy-specific half of a rotation."""
+
+    def pending_username(self, secret_id: str, current: Credentials) -> str:
+        """The user the new (AWSPENDING) version names."""
+        ...
+
+    def set_password(
+        self, ctx: StepContext, current: SecretVersion, pending: SecretVersion
+    ) -> StepOutcome:
+        """setSecret: make the AWSPENDING password the user's password."""
+        ...
+
+
+def strategy_for(settings: RotationSettings) -> RotationStrategy:
+    """The strategy the secret's ``rotation_strategy`` names."""
+    if settings.strategy is Strategy.ALTERNATING:
+        return AlternatingUsers(settings)
+    return SingleUser(settings)
+
+
+@dataclass(frozen=True)
+class SingleUser:
+    """One user; it changes its own password.
+
+    To log in it tries AWSCURRENT, then AWSPREVIOUS (after a half-finished
+    rotation AWSCURRENT may no longer work), then the few newest unlabelled
+    versions of the same user (a rotation whose AWSPENDING label was removed
+    after its setSecret). No admin is needed.
+    """
+
+    settings: RotationSettings
+
+    def pending_username(self, secret_id: str, current: Credentials) -> str:
+        """The same user."""
+        return current.username
+
+    def set_password(
+        self, ctx: StepContext, current: SecretVersion, pending: SecretVersion
+    ) -> StepOutcome:
+        """Log in as the user and ``ALTER ROLE`` itself."""
+        new = pending.credentials
+        conn, attempt = ctx.try_login(new, AWSPENDING)
+        if conn is not None:
+            conn.close()
+            return StepOutcome.ALREADY_DONE
+        if new.username != current.credentials.username:
+            raise RotationStateError(
+                f"secret {ctx.secret_id!r}: AWSPENDING (version {ctx.token!r}) names user "
+                f"{new.username!r} but AWSCURRENT names {current.credentials.username!r}; the "
+                "single strategy changes one user's password: remove the AWSPENDING label "
+                "from that version and rotate again",
+                secret_id=ctx.secret_id,
+            )
+        _check_same_server(ctx, current.credentials, new, "AWSCURRENT")
+
+        attempts = [attempt]
+        tried_passwords = {new.password}
+        for source, candidate in self._login_candidates(ctx, current):
+            if candidate.username != new.username or candidate.password in tried_passwords:
+                continue
+            tried_passwords.add(candidate.password)
+            if source != AWSCURRENT:
+                logger.info(
+                    "secret %r: %s; trying %s to log in", ctx.secret_id, attempts[-1], source
+                )
+            conn, attempt = ctx.try_login(candidate, source)
+            attempts.append(attempt)
+            if conn is not None:
+                break
+        if conn is None:
+            raise DatabaseLoginError(
+                f"secret {ctx.secret_id!r}: no version of the secret logs in as "
+                f"{new.username!r}, so it cannot change its password; set one by hand "
+                "(as an admin) and store it as AWSCURRENT",
+                secret_id=ctx.secret_id,
+                attempts=attempts,
+            )
+        with conn:
+            # With `ALTER ROLE user SET ROLE group` in force, current_user is
+            # the group and "ALTER ROLE user PASSWORD" is denied (FACTS.md).
+            conn.execute("SET ROLE NONE")
+            set_password(
+                conn, new.username, new.password, grant_login=False, secret_id=ctx.secret_id
+            )
+        return StepOutcome.PERFORMED
+
+    def _login_candidates(
+        self, ctx: StepContext, current: SecretVersion
+    ) -> Iterator[tuple[str, Credentials]]:
+        # Lazily: each read happens only if the previous login failed.
+        yield AWSCURRENT, current.credentials
+        previous = _read_fallback(ctx, stage=AWSPREVIOUS)
+        if previous is not None:
+            yield AWSPREVIOUS, previous.credentials
+        seen = {current.version_id, ctx.token, previous.version_id if previous else None}
+        older = [v for v in ctx.versions.list_versions() if v.version_id not in seen]
+        for info in older[:_OLDER_VERSIONS_TRIED]:
+            version = _read_fallback(ctx, version_id=info.version_id)
+            if version is not None:
+                yield f"version {info.version_id}", version.credentials
+
+
+def _read_fallback(
+    ctx: StepContext, *, stage: str | None = None, version_id: str | None = None
+) -> SecretVersion | None:
+    """A version to try a login with; a malformed one is skipped, not fatal:
+    it is only a fallback, and an old version may predate today's format."""
+    try:
+        return ctx.versions.read(stage=stage, version_id=version_id)
+    except SecretFormatError as error:
+        logger.warning("secret %r: skipping a malformed older version: %s", ctx.secret_id, error)
+        return None
+
+
+@dataclass(frozen=True)
+class AlternatingUsers:
+    """Two login users, members of a NOLOGIN group role with ``SET ROLE`` to
+    it, take turns; an admin gives the one that is not AWSCURRENT ``LOGIN``
+    and the new password. The AWSCURRENT user and its sessions are never
+    touched, so clients keep working through the whole rotation.
+    """
+
+    settings: RotationSettings
+
+    def pending_username(self, secret_id: str, current: Credentials) -> str:
+        """The other user of ``rotation_users``."""
+        return self.settings.other_user(secret_id, current.username)
+
+    def set_password(
+        self, ctx: StepContext, current: SecretVersion, pending: SecretVersion
+    ) -> StepOutcome:
+        """As the admin, ``ALTER ROLE <other user> WITH LOGIN PASSWORD <verifier>``."""
+        new = pending.credentials
+        expected = self.settings.other_user(ctx.secret_id, current.credentials.username)
+        if new.username != expected:
+            raise RotationStateError(
+                f"secret {ctx.secret_id!r}: AWSPENDING (version {ctx.token!r}) names user "
+                f"{new.username!r}, but the user to rotate is {expected!r} (AWSCURRENT is "
+                f"{current.credentials.username!r}); it was made before AWSCURRENT moved: remove "
+                "the AWSPENDING label from that version and rotate again",
+                secret_id=ctx.secret_id,
+            )
+        _check_same_server(ctx, current.credentials, new, "AWSCURRENT")
+        conn, _ = ctx.try_login(new, AWSPENDING)
+        if conn is not None:
+            conn.close()
+            return StepOutcome.ALREADY_DONE
+
+        # AWS's guard against a confused deputy: the admin acts only for a
+        # secret whose own current credentials are accepted by that database.
+        conn, attempt = ctx.try_login(current.credentials, AWSCURRENT)
+        if conn is None:
+            raise DatabaseLoginError(
+                f"secret {ctx.secret_id!r}: AWSCURRENT does not log in, so the admin secret is "
+                "not used on its behalf; repair AWSCURRENT's user first",
+                secret_id=ctx.secret_id,
+                attempts=[attempt],
+            )
+        conn.close()
+
+        admin = self._admin_credentials(ctx, current.credentials)
+        conn = login(
+            admin,
+            source="admin secret AWSCURRENT",
+            connect_timeout=ctx.connect_timeout,
+            secret_id=ctx.secret_id,
+        )
+        with conn:
+            set_password(
+                conn, new.username, new.password, grant_login=True, secret_id=ctx.secret_id
+            )
+        return StepOutcome.PERFORMED
+
+    def _admin_credentials(self, ctx: StepContext, current: Credentials) -> Credentials:
+        assert self.settings.master_arn is not None
+        admin_versions = SecretVersions(ctx.client, self.settings.master_arn)
+        admin = admin_versions.read_required(AWSCURRENT).credentials
+        if admin.host and current.host and admin.host != current.host:
+            raise RotationConfigError(
+                f"secret {ctx.secret_id!r}: its 'masterarn' secret is for host {admin.host!r} "
+                f"but the secret is for {current.host!r}: point 'masterarn' at the admin secret "
+                "of the same database",
+                secret_id=ctx.secret_id,
+                key="masterarn",
+            )
+        # As AWS's template does: the admin logs in to the app's database.
+        return dataclasses.replace(
+            admin,
+            host=admin.host or current.host,
+            port=admin.port or current.port,
+            dbname=current.dbname or admin.dbname,
+        )
+
+
+def _check_same_server(
+    ctx: StepContext, current: Credentials, pending: Credentials, label: str
+) -> None:
+    if (current.host, current.port) != (pending.host, pending.port):
+        raise RotationStateError(
+            f"secret {ctx.secret_id!r}: AWSPENDING (version {ctx.token!r}) points at "
+            f"{pending.host}:{pending.port} but {label} at {current.host}:{current.port}; a "
+            "rotation does not move a secret to another server: remove the AWSPENDING label "
+            "from that version and rotate again",
+            secret_id=ctx.secret_id,
+        )
