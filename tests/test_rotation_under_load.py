@@ -16,7 +16,7 @@ from sqlalchemy.engine import URL as SAURL
 
 import rotating_pool
 from rotating_pool.local.workload import WriteLoad
-from rotating_pool.rotation import Rotator
+from rotating_pool.rotation import Rotator, lambda_handler
 from tests.support import current_document
 
 URL = "postgresql+psycopg://"
@@ -134,8 +134,6 @@ def test_fifty_rotations_by_the_lambda_handler_fail_no_transaction(
 ):
     """50 rotations in a row, each staged by RotateSecret and carried out by
     `lambda_handler` as Secrets Manager drives it, under the load above."""
-    from rotating_pool.rotation import lambda_handler
-
     monkeypatch.setenv("SECRETS_MANAGER_ENDPOINT", secretsmanager.endpoint_url)
     arn = make_secret(strategy)
     engine = rotating_pool.create_engine(URL, secret_id=arn, pool_size=8, pool_recycle=0.2)
