@@ -10,6 +10,7 @@ way, and retries within a budget. Applications see no failed request.
 >>> engine = rotating_pool.create_engine("postgresql+psycopg://", secret_id="prod/app/db")
 """
 
+from rotating_pool.agent import AgentSource
 from rotating_pool.engine import (
     DEFAULT_REFRESH_INTERVAL,
     attach,
@@ -37,6 +38,7 @@ from rotating_pool.store import CredentialStore, Stats
 
 __all__ = [
     "DEFAULT_REFRESH_INTERVAL",
+    "AgentSource",
     "AlreadyAttachedError",
     "ConfigurationError",
     "CredentialStore",

@@ -13,12 +13,13 @@ import logging
 import os
 import weakref
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import sqlalchemy
 from sqlalchemy import event
 from sqlalchemy.engine import Dialect, Engine
 
+from rotating_pool.agent import AgentSource
 from rotating_pool.errors import AlreadyAttachedError, ConfigurationError, LoginRejectedError
 from rotating_pool.policy import Connect, Refetch, RetryBudget, is_login_rejection, login_plan
 from rotating_pool.secret import Credentials
@@ -44,6 +45,10 @@ logger = logging.getLogger("rotating_pool")
 
 T = TypeVar("T")
 
+SourceName = Literal["secretsmanager", "agent"]
+"""The sources `source=` accepts by name: ``"secretsmanager"`` (the default) and
+``"agent"`` (`rotating_pool.agent.AgentSource` with its defaults)."""
+
 DEFAULT_REFRESH_INTERVAL = 3600.0
 """Seconds between steady-state refreshes. A rotated secret is picked up at a
 rejected login anyway; the refresh only lets alternating-users rotations go
@@ -64,7 +69,7 @@ def create_engine(
     refresh_interval: float = DEFAULT_REFRESH_INTERVAL,
     retry: RetryBudget | None = None,
     use_pending: bool = True,
-    source: SecretSource | None = None,
+    source: SecretSource | SourceName | None = None,
     **engine_kwargs: Any,
 ) -> Engine:
     """A drop-in for `sqlalchemy.create_engine` whose logins come from a secret.
@@ -105,7 +110,7 @@ def create_async_engine(
     refresh_interval: float = DEFAULT_REFRESH_INTERVAL,
     retry: RetryBudget | None = None,
     use_pending: bool = True,
-    source: SecretSource | None = None,
+    source: SecretSource | SourceName | None = None,
     **engine_kwargs: Any,
 ) -> AsyncEngine:
     """A drop-in for `sqlalchemy.ext.asyncio.create_async_engine`; see `create_engine`.
@@ -140,7 +145,7 @@ def attach(
     refresh_interval: float = DEFAULT_REFRESH_INTERVAL,
     retry: RetryBudget | None = None,
     use_pending: bool = True,
-    source: SecretSource | None = None,
+    source: SecretSource | SourceName | None = None,
 ) -> T:
     """Make an existing engine take its logins from a secret; returns it.
 
@@ -161,8 +166,14 @@ def attach(
         use_pending: try AWSPENDING when a login is refused and AWSCURRENT has
             not moved (single-user rotation between setSecret and finishSecret).
             On by default: it is what makes single-user rotation seamless.
-        source: read the secret somewhere else than Secrets Manager's API (a
-            `SecretSource`); `client` is then unused.
+        source: where the secret is read. ``"secretsmanager"`` (or None, the
+            default): Secrets Manager's API, with `client`. ``"agent"``: through
+            the Secrets Manager Agent sidecar or Lambda's Parameters and Secrets
+            extension on localhost:2773 (`AgentSource` with its defaults: the
+            token from ``AWS_TOKEN`` or ``AWS_SESSION_TOKEN``, the endpoint from
+            ``ROTATING_POOL_AGENT_ENDPOINT``). Or any `SecretSource`, e.g.
+            ``AgentSource(secret_id, endpoint=..., token=...)``. `client` is
+            used only by the default.
 
     Raises:
         AlreadyAttachedError: rotating_pool already manages this engine.
@@ -230,9 +241,9 @@ def _make_source(
     secret_id: str,
     client: SecretsManagerClient | None,
     refresh_interval: float,
-    source: SecretSource | None,
+    source: SecretSource | SourceName | None,
 ) -> SecretSource:
-    if source is not None:
+    if source is not None and not isinstance(source, str):
         if not isinstance(source, SecretSource):
             raise ConfigurationError(
                 f"source must be a rotating_pool SecretSource, not {type(source).__name__}"
@@ -242,6 +253,11 @@ def _make_source(
                 f"source reads secret {source.secret_id!r} but secret_id is {secret_id!r}"
             )
         return source
+    if source not in (None, "secretsmanager", "agent"):
+        raise ConfigurationError(
+            f"source must be 'secretsmanager', 'agent' or a rotating_pool SecretSource, "
+            f"not {source!r}"
+        )
     if not isinstance(secret_id, str) or not secret_id.strip():
         raise ConfigurationError("secret_id must be the secret's name or ARN (a non-empty string)")
     if isinstance(refresh_interval, bool) or not isinstance(refresh_interval, int | float):
@@ -250,6 +266,8 @@ def _make_source(
         raise ConfigurationError(
             f"refresh_interval must be at least 1 second, not {refresh_interval}"
         )
+    if source == "agent":
+        return AgentSource(secret_id)
     return SecretsManagerSource(secret_id, client=client, refresh_interval=refresh_interval)
 
 

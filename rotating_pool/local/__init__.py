@@ -6,10 +6,13 @@
   patched where moto departs from AWS.
 - `FaultProxy`: an HTTP proxy in front of it that counts calls and injects
   throttling, hangs, refused connections, latency and held requests.
+- `LocalAgent`: a local stand-in (not AWS's) for the Secrets Manager Agent
+  sidecar: its HTTP protocol on 127.0.0.1, with a cache, in front of an endpoint.
 """  # noqa: E501
 
+from rotating_pool.local.agent import LocalAgent
 from rotating_pool.local.postgres import AppSchema, LocalPostgres
 from rotating_pool.local.proxy import FaultProxy
 from rotating_pool.local.secretsmanager import LocalSecretsManager
 
-__all__ = ["AppSchema", "FaultProxy", "LocalPostgres", "LocalSecretsManager"]
+__all__ = ["AppSchema", "FaultProxy", "LocalAgent", "LocalPostgres", "LocalSecretsManager"]

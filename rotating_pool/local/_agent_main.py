@@ -1,0 +1,61 @@
+"""Run the LOCAL STAND-IN for the Secrets Manager Agent as a process: ``python -m
+rotating_pool.local._agent_main --port 2773`` (see `rotating_pool.local.agent.LocalAgent`).
+
+Configured as the agent is: the token from ``AWS_TOKEN`` (a value or
+``file:///path``) or ``AWS_SESSION_TOKEN``; Secrets Manager through boto3's
+default chain (``AWS_ENDPOINT_URL_SECRETS_MANAGER``, region, credentials).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import signal
+import threading
+from pathlib import Path
+
+from rotating_pool.agent import TOKEN_ENV_VARS
+from rotating_pool.local.agent import DEFAULT_PORT, DEFAULT_TTL, LocalAgent
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the stand-in until SIGTERM or Ctrl-C: the sidecar of the local demo."""
+    parser = argparse.ArgumentParser(
+        prog="python -m rotating_pool.local._agent_main",
+        description="A LOCAL STAND-IN for the AWS Secrets Manager Agent (not the agent). "
+        "Reads Secrets Manager through boto3's default chain "
+        "(AWS_ENDPOINT_URL_SECRETS_MANAGER). The token comes from AWS_TOKEN (a value or "
+        "file:///path) or AWS_SESSION_TOKEN, as for the agent.",
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
+    parser.add_argument("--ttl", type=float, default=DEFAULT_TTL, help="cache TTL in seconds")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    token = _token_from_environment()
+    if token is None:
+        parser.error("set AWS_TOKEN (a value or file:///path) or AWS_SESSION_TOKEN")
+    stopped = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+    with (
+        LocalAgent(token=token, ttl=args.ttl, host=args.host, port=args.port),
+        contextlib.suppress(KeyboardInterrupt),
+    ):
+        stopped.wait()
+    return 0
+
+
+def _token_from_environment() -> str | None:
+    for name in TOKEN_ENV_VARS:
+        value = os.environ.get(name)
+        if value:
+            if value.startswith("file://"):
+                return Path(value[len("file://") :]).read_text().strip() or None
+            return value
+    return None
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

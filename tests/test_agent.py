@@ -1,0 +1,484 @@
+"""AgentSource against the local stand-in for the Secrets Manager Agent, on the real bed."""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import logging
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from botocore.config import Config
+from sqlalchemy import text
+
+import rotating_pool
+from rotating_pool import (
+    AgentSource,
+    ConfigurationError,
+    SecretAccessDeniedError,
+    SecretNotFoundError,
+    SecretsManagerSource,
+    SecretsManagerUnavailableError,
+)
+from rotating_pool.agent import ENDPOINT_ENV, TOKEN_HEADER
+from rotating_pool.engine import credential_store
+from rotating_pool.local import LocalAgent
+from rotating_pool.local._process import free_port
+from rotating_pool.local.agent import SERVER_HEADER
+from rotating_pool.rotation import Rotator
+
+URL = "postgresql+psycopg://"
+PASSWORD_IN_A_BAD_ANSWER = "hunter2-in-a-bad-answer"
+
+
+@pytest.fixture
+def agent(secretsmanager, monkeypatch):
+    """The stand-in in front of moto; AWS_TOKEN and the endpoint variable point at it."""
+    with LocalAgent(secretsmanager.client(), port=0) as local_agent:
+        for name, value in local_agent.env().items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+        yield local_agent
+
+
+@pytest.fixture
+def agent_via_proxy(secretsmanager, proxy, monkeypatch):
+    """The stand-in reading moto through the fault proxy, with no botocore retries."""
+    client = secretsmanager.client(
+        proxy.endpoint_url, config=Config(retries={"total_max_attempts": 1})
+    )
+    with LocalAgent(client, port=0) as local_agent:
+        for name, value in local_agent.env().items():
+            monkeypatch.setenv(name, value)
+        yield local_agent
+
+
+class OddServer:
+    """Something on the agent's port that is not the agent: one canned answer."""
+
+    def __init__(self, status: int, body: bytes) -> None:
+        answer = (status, body)
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self.send_response(answer[0])
+                self.send_header("Content-Length", str(len(answer[1])))
+                self.end_headers()
+                self.wfile.write(answer[1])
+
+            def log_message(self, format, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.endpoint_url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def who(engine) -> str:
+    with engine.connect() as conn:
+        return conn.execute(text("SELECT session_user")).scalar_one()
+
+
+def password_of(sm_client, arn: str, stage: str = "AWSCURRENT") -> str:
+    value = sm_client.get_secret_value(SecretId=arn, VersionStage=stage)
+    return json.loads(value["SecretString"])["password"]
+
+
+def raw_get(agent: LocalAgent, path: str, headers: dict[str, str], method: str = "GET"):
+    connection = http.client.HTTPConnection("127.0.0.1", agent.port, timeout=5)
+    try:
+        connection.request(method, path, headers=headers)
+        response = connection.getresponse()
+        return response.status, response.getheader("Server"), response.read()
+    finally:
+        connection.close()
+
+
+# -- choosing the source ------------------------------------------------------
+
+
+def test_source_agent_reads_through_the_agent_and_nothing_before_the_first_connection(
+    make_secret, app_schema, agent
+):
+    arn = make_secret()
+    engine = rotating_pool.create_engine(URL, secret_id=arn, source="agent")
+    assert isinstance(credential_store(engine).source, AgentSource)
+    assert agent.requests == 0
+    assert who(engine) == app_schema.users[0]
+    engine.dispose()
+    assert who(engine) == app_schema.users[0]  # a new login, credentials from memory
+    assert [(r.secret_id, r.version_stage, r.refresh_now) for r in agent.history] == [
+        (arn, None, True)  # the first load, fresh: a recovery path must never be stale
+    ]
+
+
+def test_source_accepts_the_two_names_an_instance_and_nothing_else():
+    def source_of(**kwargs):
+        return credential_store(rotating_pool.create_engine(URL, secret_id="db", **kwargs)).source
+
+    assert isinstance(source_of(), SecretsManagerSource)
+    assert isinstance(source_of(source="secretsmanager"), SecretsManagerSource)
+    assert isinstance(source_of(source="agent"), AgentSource)
+    mine = AgentSource("db", endpoint="http://127.0.0.1:2775", token="t")
+    assert source_of(source=mine) is mine
+    with pytest.raises(ConfigurationError, match="'secretsmanager', 'agent'"):
+        source_of(source="vault")
+
+
+@pytest.mark.parametrize(
+    "endpoint", ["https://localhost:2773", "localhost:2773", "http://localhost:2773/v1", "http://"]
+)
+def test_a_malformed_endpoint_is_a_configuration_error_at_construction(endpoint, monkeypatch):
+    with pytest.raises(ConfigurationError, match="endpoint"):
+        AgentSource("db", endpoint=endpoint)
+    monkeypatch.setenv(ENDPOINT_ENV, endpoint)
+    with pytest.raises(ConfigurationError, match=ENDPOINT_ENV):
+        rotating_pool.create_engine(URL, secret_id="db", source="agent")
+
+
+def test_an_async_engine_reads_through_the_agent(make_secret, app_schema, agent):
+    arn = make_secret()
+
+    async def scenario() -> str:
+        engine = rotating_pool.create_async_engine(
+            "postgresql+psycopg_async://", secret_id=arn, source="agent"
+        )
+        try:
+            async with engine.connect() as conn:
+                return (await conn.execute(text("SELECT session_user"))).scalar_one()
+        finally:
+            await engine.dispose()
+
+    assert asyncio.run(scenario()) == app_schema.users[0]
+    assert agent.refreshes == 1
+
+
+# -- the token ----------------------------------------------------------------
+
+
+def test_the_token_may_be_a_file_path_in_aws_token(
+    make_secret, app_schema, agent, tmp_path, monkeypatch
+):
+    token_file = tmp_path / "awssmatoken"
+    token_file.write_text(agent.token + "\n")  # the agent trims the file, so do we
+    monkeypatch.setenv("AWS_TOKEN", f"file://{token_file}")
+    engine = rotating_pool.create_engine(URL, secret_id=make_secret(), source="agent")
+    assert who(engine) == app_schema.users[0]
+    assert agent.rejected == 0
+
+
+def test_a_rewritten_token_file_is_read_again_when_the_agent_refuses_the_token(
+    make_secret, agent, tmp_path, monkeypatch
+):
+    token_file = tmp_path / "awssmatoken"
+    token_file.write_text(agent.token)
+    monkeypatch.setenv("AWS_TOKEN", f"file://{token_file}")
+    source = AgentSource(make_secret())
+    assert source.fetch("AWSCURRENT") is not None
+    agent.token = "a-new-token-after-a-sidecar-restart"
+    token_file.write_text(agent.token)
+    assert source.fetch("AWSCURRENT") is not None
+    assert agent.rejected == 1  # refused once with the old token, then read again
+    assert agent.refreshes == 2
+
+
+def test_a_token_that_stays_wrong_is_access_denied_and_never_quoted(
+    make_secret, agent, monkeypatch
+):
+    monkeypatch.setenv("AWS_TOKEN", "wrong-token-value")
+    engine = rotating_pool.create_engine(URL, secret_id=make_secret(), source="agent")
+    with pytest.raises(
+        SecretAccessDeniedError, match=r"refused the token from \$AWS_TOKEN"
+    ) as denied:
+        engine.connect()
+    assert agent.rejected == 1  # a value, not a file: nothing to read again
+    assert "wrong-token-value" not in str(denied.value)
+    assert agent.token not in str(denied.value)
+
+
+def test_aws_session_token_is_the_fallback_and_aws_token_comes_first(
+    make_secret, app_schema, agent, monkeypatch
+):
+    arn = make_secret()
+    monkeypatch.delenv("AWS_TOKEN")
+    monkeypatch.setenv("AWS_SESSION_TOKEN", agent.token)
+    assert (
+        who(rotating_pool.create_engine(URL, secret_id=arn, source="agent")) == app_schema.users[0]
+    )
+    monkeypatch.setenv("AWS_TOKEN", agent.token)
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "an-sts-session-token-the-agent-does-not-use")
+    assert (
+        who(rotating_pool.create_engine(URL, secret_id=arn, source="agent")) == app_schema.users[0]
+    )
+    assert agent.rejected == 0
+
+
+def test_a_missing_token_is_a_configuration_error_at_first_use_naming_the_variables(
+    make_secret, agent, monkeypatch
+):
+    monkeypatch.delenv("AWS_TOKEN")
+    engine = rotating_pool.create_engine(URL, secret_id=make_secret(), source="agent")  # no error
+    with pytest.raises(ConfigurationError, match=r"AWS_TOKEN.*AWS_SESSION_TOKEN"):
+        engine.connect()
+    assert agent.requests == agent.rejected == 0  # nothing was sent
+
+
+def test_an_unreadable_token_file_is_a_configuration_error_naming_it(
+    make_secret, agent, monkeypatch
+):
+    monkeypatch.setenv("AWS_TOKEN", "file:///run/no-such-dir/awssmatoken")
+    with pytest.raises(ConfigurationError, match="/run/no-such-dir/awssmatoken"):
+        AgentSource(make_secret()).read_cached()
+
+
+# -- rotation -----------------------------------------------------------------
+
+
+def test_a_rejected_login_bypasses_the_agents_cache_with_refresh_now(make_secret, sm_client, agent):
+    arn = make_secret("single")
+    engine = rotating_pool.create_engine(URL, secret_id=arn, source="agent")
+    source = credential_store(engine).source
+    assert source.read_cached().password == password_of(sm_client, arn)  # now in the agent's cache
+    who(engine)
+    old_password = password_of(sm_client, arn)
+    Rotator(sm_client).rotate(arn)
+    # What the agent serves from its cache (TTL 300 s) is the password that was just changed:
+    assert source.read_cached().password == old_password
+    agent.reset_counts()
+    engine.dispose()
+    who(engine)  # refused, then recovered through the agent
+    stats = rotating_pool.stats(engine)
+    assert (stats.rejected_logins, stats.recovered_logins, stats.refetches) == (1, 1, 1)
+    assert [(r.version_stage, r.refresh_now, r.from_cache) for r in agent.history] == [
+        (None, True, False)  # AWSCURRENT moved, so no AWSPENDING read
+    ]
+    # The fresh read replaced the agent's cached AWSCURRENT for every reader.
+    assert source.read_cached().password == password_of(sm_client, arn) != old_password
+
+
+def test_awspending_is_read_by_version_stage_while_a_single_user_rotation_is_half_way(
+    make_secret, app_schema, sm_client, agent
+):
+    arn = make_secret("single")
+    engine = rotating_pool.create_engine(URL, secret_id=arn, source="agent")
+    who(engine)
+    in_the_window: list[str] = []
+
+    def between_set_and_finish(step: str, seconds: float) -> None:
+        if step != "testSecret":
+            return
+        agent.reset_counts()
+        for _ in range(3):  # new logins while the old password is gone and AWSCURRENT is old
+            engine.dispose()
+            in_the_window.append(who(engine))
+
+    Rotator(sm_client).rotate(arn, on_step=between_set_and_finish)
+    assert in_the_window == [app_schema.users[0]] * 3
+    assert [(r.version_stage, r.refresh_now, r.status) for r in agent.history] == [
+        (None, True, 200),  # AWSCURRENT: still the refused password
+        ("AWSPENDING", True, 200),  # the one the database has now
+    ]
+    engine.dispose()
+    assert who(engine) == app_schema.users[0]  # and after finishSecret
+    assert rotating_pool.stats(engine).failed_recoveries == 0
+
+
+# -- errors -------------------------------------------------------------------
+
+
+def test_no_agent_listening_is_a_clear_unavailable_error(make_secret, agent, monkeypatch):
+    endpoint = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setenv(ENDPOINT_ENV, endpoint)
+    engine = rotating_pool.create_engine(URL, secret_id=make_secret(), source="agent")
+    with pytest.raises(
+        SecretsManagerUnavailableError, match="no Secrets Manager Agent listening on"
+    ):
+        engine.connect()
+    with pytest.raises(SecretsManagerUnavailableError, match=endpoint):
+        engine.connect()
+
+
+def test_an_unknown_secret_is_not_found(agent):
+    engine = rotating_pool.create_engine(URL, secret_id="no/such/secret", source="agent")
+    with pytest.raises(SecretNotFoundError, match="no/such/secret") as raised:
+        engine.connect()
+    assert "ResourceNotFoundException" in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("error_type", "status", "error"),
+    [
+        ("AccessDeniedException", 400, SecretAccessDeniedError),
+        ("DecryptionFailure", 400, SecretAccessDeniedError),
+        ("ThrottlingException", 400, SecretsManagerUnavailableError),
+        ("InternalServiceError", 500, SecretsManagerUnavailableError),
+    ],
+)
+def test_secrets_manager_errors_passed_on_by_the_agent_are_typed(
+    make_secret, agent_via_proxy, proxy, error_type, status, error
+):
+    arn = make_secret()
+    proxy.answer_error("GetSecretValue", error_type, status=status)
+    with pytest.raises(error, match=f"HTTP {status} .*{error_type}") as raised:
+        AgentSource(arn).fetch("AWSCURRENT")
+    assert raised.value.secret_id == arn
+    assert agent_via_proxy.history[-1].status == status
+
+
+def test_an_agent_that_cannot_reach_secrets_manager_is_unavailable(
+    make_secret, agent_via_proxy, proxy
+):
+    arn = make_secret()
+    proxy.refuse()
+    with pytest.raises(SecretsManagerUnavailableError, match=r"HTTP 502 .*ConnectionError"):
+        AgentSource(arn).fetch("AWSCURRENT")
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "error", "says"),
+    [
+        (
+            200,
+            f"password={PASSWORD_IN_A_BAD_ANSWER}".encode(),
+            SecretsManagerUnavailableError,
+            "not GetSecretValue's JSON",
+        ),
+        (503, b"Service Unavailable", SecretsManagerUnavailableError, "HTTP 503"),
+        (401, b"Unauthorized", SecretAccessDeniedError, "refused the token"),
+        (404, b"Not found", SecretNotFoundError, "HTTP 404"),
+        (429, b"Connection limit exceeded", SecretsManagerUnavailableError, "HTTP 429"),
+    ],
+)
+def test_odd_answers_are_typed_errors_that_never_quote_a_successful_body(status, body, error, says):
+    server = OddServer(status, body)
+    try:
+        source = AgentSource("db", endpoint=server.endpoint_url, token="token-value")
+        with pytest.raises(error, match=says) as raised:
+            source.fetch("AWSCURRENT")
+    finally:
+        server.close()
+    message = str(raised.value)
+    assert PASSWORD_IN_A_BAD_ANSWER not in message
+    assert "token-value" not in message
+    assert raised.value.__context__ is None  # nothing chained that could quote the body
+
+
+def test_an_agent_that_hangs_is_unavailable_after_the_timeout(make_secret, agent_via_proxy, proxy):
+    arn = make_secret()
+    proxy.hang()
+    started = time.monotonic()
+    with pytest.raises(SecretsManagerUnavailableError, match=r"did not answer within 0\.5 s"):
+        AgentSource(arn, timeout=0.5).fetch("AWSCURRENT")
+    assert time.monotonic() - started < 3
+    proxy.restore()
+
+
+# -- secrets stay secret ------------------------------------------------------
+
+
+def test_no_token_or_password_in_records_errors_or_reprs(
+    make_secret, sm_client, agent, caplog, monkeypatch
+):
+    caplog.set_level(logging.DEBUG)
+    for name in ("rotating_pool", "rotating_pool.local", "sqlalchemy", "psycopg"):
+        caplog.set_level(logging.DEBUG, logger=name)
+    arn = make_secret("single")
+    engine = rotating_pool.create_engine(URL, secret_id=arn, source="agent", echo="debug")
+    who(engine)
+    Rotator(sm_client).rotate(arn)
+    engine.dispose()
+    who(engine)  # a refused login, a refreshNow read, a recovery
+    texts = []
+    monkeypatch.setenv("AWS_TOKEN", "wrong-token-value")
+    for failing in (AgentSource(arn), AgentSource("no/such/secret", token=agent.token)):
+        with pytest.raises(rotating_pool.RotatingPoolError) as raised:
+            failing.fetch("AWSCURRENT")
+        texts += [str(raised.value), repr(raised.value)]
+    store = credential_store(engine)
+    texts += [repr(store), repr(store.source), repr(agent), repr(store.current())]
+    records = [
+        r.getMessage() + (r.exc_text or "")
+        for r in caplog.records
+        if r.name.split(".")[0] in ("rotating_pool", "sqlalchemy", "psycopg")  # not botocore's
+    ]
+    assert any("refused user" in record for record in records)
+    assert any("LocalAgent" in record for record in records)  # DEBUG was on for the stand-in
+    versions = sm_client.list_secret_version_ids(SecretId=arn)["Versions"]
+    passwords = {
+        json.loads(
+            sm_client.get_secret_value(SecretId=arn, VersionId=v["VersionId"])["SecretString"]
+        )["password"]
+        for v in versions
+    }
+    assert len(passwords) == 2
+    for secret in {*passwords, agent.token, "wrong-token-value"}:
+        for text_ in texts + records:
+            assert secret not in text_
+
+
+# -- the stand-in itself ------------------------------------------------------
+
+
+def test_the_stand_in_labels_every_answer_and_checks_the_token_as_the_agent_does(
+    make_secret, agent
+):
+    arn = make_secret()
+    query = f"/secretsmanager/get?secretId={arn}"
+    good = {TOKEN_HEADER: agent.token}
+    answers = {
+        "ping, no token": raw_get(agent, "/ping", {}),
+        "no token": raw_get(agent, query, {}),
+        "wrong token": raw_get(agent, query, {TOKEN_HEADER: "nope"}),
+        "forwarded": raw_get(agent, query, {**good, "X-Forwarded-For": "10.0.0.1"}),
+        "unknown parameter": raw_get(agent, query + "&versionstage=AWSCURRENT", good),
+        "bad refreshNow": raw_get(agent, query + "&refreshNow=yes", good),
+        "other path": raw_get(agent, "/v1/" + arn, good),
+        "POST": raw_get(agent, query, good, method="POST"),
+        "good": raw_get(agent, query, good),
+    }
+    assert {name: status for name, (status, _, _) in answers.items()} == {
+        "ping, no token": 200,
+        "no token": 403,
+        "wrong token": 403,
+        "forwarded": 400,
+        "unknown parameter": 400,
+        "bad refreshNow": 400,
+        "other path": 404,
+        "POST": 405,
+        "good": 200,
+    }
+    assert {server for _, server, _ in answers.values()} == {SERVER_HEADER}
+    document = json.loads(answers["good"][2])
+    assert document["ARN"] == arn and document["VersionStages"] == ["AWSCURRENT"]
+    assert json.loads(document["SecretString"])["username"]
+
+
+def test_the_stand_in_caches_for_its_ttl_by_query(make_secret, secretsmanager, sm_client):
+    arn = make_secret()
+    with LocalAgent(secretsmanager.client(), port=0, ttl=1.0) as agent:
+        source = AgentSource(arn, endpoint=agent.endpoint_url, token=agent.token)
+        source.read_cached()
+        source.read_cached()
+        version = sm_client.describe_secret(SecretId=arn)["VersionIdsToStages"]
+        version_id = next(v for v, stages in version.items() if "AWSCURRENT" in stages)
+        raw_get(
+            agent,
+            f"/secretsmanager/get?secretId={arn}&versionId={version_id}",
+            {TOKEN_HEADER: agent.token},
+        )
+        time.sleep(1.1)
+        source.read_cached()
+        assert [(r.version_id, r.from_cache) for r in agent.history] == [
+            (None, False),
+            (None, True),
+            (version_id, False),  # another key
+            (None, False),  # expired
+        ]
+        assert agent.upstream_calls == 3
