@@ -174,6 +174,11 @@ class AgentSource:
             query["versionStage"] = stage
         return self._read(query, stage, f"refreshNow read of {stage}")
 
+    def load(self) -> Credentials:
+        """The first read: through the agent's cache, which a whole fleet of
+        processes behind one agent shares; see `SecretSource.load`."""
+        return self.read_cached()
+
     def read_cached(self) -> Credentials:
         """AWSCURRENT as the agent's cache holds it; see `SecretSource.read_cached`."""
         credentials = self._read({}, AWSCURRENT, "cached read")

@@ -84,6 +84,10 @@ class SecretSource(Protocol):
         """
         ...
 
+    def load(self) -> Credentials:
+        """The first read of AWSCURRENT, by the cheapest way that is fresh enough."""
+        ...
+
     def read_cached(self) -> Credentials:
         """Read AWSCURRENT through the steady-state cache (may be stale)."""
         ...
@@ -147,6 +151,13 @@ class SecretsManagerSource:
             version_id=response.get("VersionId"),
             stage=stage,
         )
+
+    def load(self) -> Credentials:
+        """One GetSecretValue(AWSCURRENT): the caching library's first read would
+        cost two calls (DescribeSecret, then GetSecretValue); see `SecretSource.load`."""
+        credentials = self.fetch(AWSCURRENT)
+        assert credentials is not None  # AWSCURRENT always exists, or fetch raised
+        return credentials
 
     def read_cached(self) -> Credentials:
         """AWSCURRENT through aws-secretsmanager-caching; see `SecretSource.read_cached`."""

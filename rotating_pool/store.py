@@ -258,8 +258,7 @@ class CredentialStore:
     def _load(self) -> Credentials:
         with self._load_lock:
             if self._current is None:
-                credentials = self.source.fetch(AWSCURRENT)
-                assert credentials is not None  # AWSCURRENT always exists or raises
+                credentials = self.source.load()
                 with self._lock:
                     self._set_current(credentials, "first use")
                     self._next_poll = self._clock() + self._poll_interval

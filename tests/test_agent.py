@@ -115,7 +115,7 @@ def test_source_agent_reads_through_the_agent_and_nothing_before_the_first_conne
     engine.dispose()
     assert who(engine) == app_schema.users[0]  # a new login, credentials from memory
     assert [(r.secret_id, r.version_stage, r.refresh_now) for r in agent.history] == [
-        (arn, None, True)  # the first load, fresh: a recovery path must never be stale
+        (arn, None, False)  # the first load, through the agent's cache the fleet shares
     ]
 
 
@@ -157,7 +157,7 @@ def test_an_async_engine_reads_through_the_agent(make_secret, app_schema, agent)
             await engine.dispose()
 
     assert asyncio.run(scenario()) == app_schema.users[0]
-    assert agent.refreshes == 1
+    assert agent.requests == 1 and agent.refreshes == 0  # one read, from the cache
 
 
 # -- the token ----------------------------------------------------------------

@@ -31,6 +31,11 @@ class FakeSource:
             self.gate.wait(10)
         return self.stages.get(stage)
 
+    def load(self) -> Credentials:
+        current = self.fetch(AWSCURRENT)
+        assert current is not None
+        return current
+
     def read_cached(self) -> Credentials:
         if isinstance(self.cached, BaseException):
             raise self.cached
