@@ -10,15 +10,9 @@ way, and retries within a budget. Applications see no failed request.
 >>> engine = rotating_pool.create_engine("postgresql+psycopg://", secret_id="prod/app/db")
 """
 
-from rotating_pool.agent import AgentSource
-from rotating_pool.engine import (
-    DEFAULT_REFRESH_INTERVAL,
-    attach,
-    create_async_engine,
-    create_engine,
-    credential_store,
-    stats,
-)
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
 from rotating_pool.errors import (
     AlreadyAttachedError,
     ConfigurationError,
@@ -30,11 +24,56 @@ from rotating_pool.errors import (
     SecretNotFoundError,
     SecretsManagerUnavailableError,
 )
-from rotating_pool.policy import RetryBudget, is_login_rejection
-from rotating_pool.redact import RedactSecretsFilter, redact_botocore_logs
 from rotating_pool.secret import Credentials, parse_credentials
-from rotating_pool.sources import SecretsManagerSource, SecretSource
-from rotating_pool.store import CredentialStore, Stats
+
+if TYPE_CHECKING:
+    from rotating_pool.agent import AgentSource
+    from rotating_pool.engine import (
+        DEFAULT_REFRESH_INTERVAL,
+        attach,
+        create_async_engine,
+        create_engine,
+        credential_store,
+        stats,
+    )
+    from rotating_pool.policy import RetryBudget, is_login_rejection
+    from rotating_pool.redact import RedactSecretsFilter, redact_botocore_logs
+    from rotating_pool.sources import SecretsManagerSource, SecretSource
+    from rotating_pool.store import CredentialStore, Stats
+
+# Imported on first use, so that the rotation side (`rotating_pool.rotation`,
+# deployed as a Lambda) does not load SQLAlchemy and the client machinery.
+_LAZY = {
+    "AgentSource": "rotating_pool.agent",
+    "DEFAULT_REFRESH_INTERVAL": "rotating_pool.engine",
+    "attach": "rotating_pool.engine",
+    "create_async_engine": "rotating_pool.engine",
+    "create_engine": "rotating_pool.engine",
+    "credential_store": "rotating_pool.engine",
+    "stats": "rotating_pool.engine",
+    "RetryBudget": "rotating_pool.policy",
+    "is_login_rejection": "rotating_pool.policy",
+    "RedactSecretsFilter": "rotating_pool.redact",
+    "redact_botocore_logs": "rotating_pool.redact",
+    "SecretSource": "rotating_pool.sources",
+    "SecretsManagerSource": "rotating_pool.sources",
+    "CredentialStore": "rotating_pool.store",
+    "Stats": "rotating_pool.store",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'rotating_pool' has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
 
 __all__ = [
     "DEFAULT_REFRESH_INTERVAL",
