@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
@@ -59,6 +60,11 @@ DescribeSecret per hour per process, as aws-secretsmanager-caching's default."""
 # Dialect -> its hook; a dialect is shared by an engine and its option copies.
 _hooks: weakref.WeakKeyDictionary[Dialect, _ConnectHook] = weakref.WeakKeyDictionary()
 _engines: weakref.WeakSet[Engine] = weakref.WeakSet()
+# (secret, how it is read, options) -> the store every such engine shares.
+_stores: weakref.WeakValueDictionary[tuple[object, ...], CredentialStore] = (
+    weakref.WeakValueDictionary()
+)
+_stores_lock = threading.Lock()
 
 
 def create_engine(
@@ -153,6 +159,11 @@ def attach(
     `sqlalchemy.create_engine`: existing `Session` and `sessionmaker` code is
     untouched. Connections already in the pool are kept.
 
+    Engines of one process that read the same secret with the same options
+    share their credentials: a rotation costs one refetch per process, however
+    many engines (writer and reader, sync and async) use the secret, and
+    `stats` counts for all of them together.
+
     Args:
         engine: a `sqlalchemy.Engine` (or `AsyncEngine`) with a PostgreSQL dialect.
         secret_id: the secret's name or ARN.
@@ -192,11 +203,7 @@ def attach(
             f"{_hooks[dialect].store.secret_id!r}: attach once per engine "
             "(make a second engine for a second secret)"
         )
-    store = CredentialStore(
-        _make_source(secret_id, client, refresh_interval, source),
-        refresh_interval=refresh_interval,
-        use_pending=use_pending,
-    )
+    store = _store_for(secret_id, client, refresh_interval, use_pending, source)
     if retry is None:
         retry = RetryBudget()
     elif not isinstance(retry, RetryBudget):
@@ -235,6 +242,39 @@ def _sync_engine_of(engine: Any) -> Engine:
             f"expected a SQLAlchemy Engine or AsyncEngine, not {type(engine).__name__}"
         )
     return sync_engine
+
+
+def _store_for(
+    secret_id: str,
+    client: SecretsManagerClient | None,
+    refresh_interval: float,
+    use_pending: bool,
+    source: SecretSource | SourceName | None,
+) -> CredentialStore:
+    """The process's store for this secret read this way, made on first use.
+
+    Engines that read the same secret the same way (a writer and a reader
+    engine, say) share one store, so a rotation costs one refetch per process
+    however many engines there are. A client or source you pass is part of the
+    key by identity: the store keeps it alive, so the identity stays unique.
+    """
+    made = _make_source(secret_id, client, refresh_interval, source)  # validates; cheap
+    how: tuple[object, ...]
+    if made is source:
+        how = ("source", id(made))
+    elif isinstance(made, AgentSource):
+        how = ("agent", made.endpoint)
+    else:
+        how = ("secretsmanager", id(client))
+    key = (secret_id, how, refresh_interval, use_pending)
+    with _stores_lock:
+        store = _stores.get(key)
+        if store is None:
+            store = CredentialStore(
+                made, refresh_interval=refresh_interval, use_pending=use_pending
+            )
+            _stores[key] = store
+        return store
 
 
 def _make_source(

@@ -68,7 +68,8 @@ def test_tls_settings_in_the_url_pass_through_untouched(make_secret, via_proxy):
     engine = rotating_pool.create_engine(URL + "?sslmode=require", secret_id=arn)
     with pytest.raises(sqlalchemy.exc.OperationalError, match="SSL"):
         engine.connect()
-    assert via_proxy.calls["GetSecretValue"] == 2  # one first load per engine, no refetch
+    # One first load, shared by both engines (same secret, same options); no refetch.
+    assert via_proxy.calls == {"GetSecretValue": 1}
 
 
 def test_engine_keywords_behave_as_in_sqlalchemy(make_secret):
@@ -252,6 +253,24 @@ def test_sixteen_refused_logins_share_one_refetch(
     stats = rotating_pool.stats(engine)
     assert stats.rejected_logins == 16 and stats.recovered_logins == 16
     assert stats.refetches == 1 and stats.refetch_joins == 15
+
+
+def test_engines_reading_one_secret_share_one_refetch_per_process(
+    make_secret, app_schema, postgres, sm_client, via_proxy
+):
+    arn = make_secret("single")
+    writer = rotating_pool.create_engine(URL, secret_id=arn)
+    reader = rotating_pool.create_engine(URL + "/postgres", secret_id=arn)  # another database
+    assert who(writer)[2] != who(reader)[2]
+    writer.dispose()
+    reader.dispose()
+    document = {**current_document(sm_client, arn), "password": "rotated-for-two"}
+    put_version(sm_client, arn, document, "AWSCURRENT")
+    set_password(postgres, app_schema.users[0], "rotated-for-two")
+    via_proxy.reset_calls()
+    assert who(writer)[0] == who(reader)[0] == app_schema.users[0]
+    assert via_proxy.calls == {"GetSecretValue": 1}  # the reader found it already recovered
+    assert rotating_pool.credential_store(writer) is rotating_pool.credential_store(reader)
 
 
 def test_forked_children_use_an_engine_made_before_the_fork(make_secret):
