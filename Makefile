@@ -8,7 +8,7 @@ PG_BIN := /usr/lib/postgresql/15/bin
 PYTEST_ARGS ?=
 LINT_PATHS := $(wildcard rotating_pool tests examples benchmarks)
 
-.PHONY: venv postgres test lint demo
+.PHONY: venv postgres test lint demo demo-threads
 
 venv: $(VENV_STAMP)
 
@@ -35,5 +35,10 @@ lint: venv
 	$(VENV)/bin/ruff check $(LINT_PATHS)
 	$(VENV)/bin/mypy
 
+# The README's main command: the Fargate task (app + agent sidecar) played locally.
 demo: venv postgres
+	$(VENV)/bin/python -m examples.fargate_sidecar.run_local
+
+# The smaller demo: writer threads through create_engine, both strategies.
+demo-threads: venv postgres
 	$(VENV)/bin/python -m examples.demo
