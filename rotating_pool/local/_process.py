@@ -1,9 +1,11 @@
-"""Small helpers shared by the local servers: ports, deadlines and log tails."""
+"""Small helpers shared by the local servers: lifecycle, ports, deadlines, log tails."""
 
 from __future__ import annotations
 
 import socket
+from abc import ABC, abstractmethod
 from pathlib import Path
+from typing import TypeVar
 
 # How long a local server may take to answer after it is launched.
 START_TIMEOUT = 30.0
@@ -30,3 +32,24 @@ def log_tail(path: Path, lines: int = 30) -> str:
     except OSError as exc:
         return f"(no log at {path}: {exc})"
     return "\n".join(text.splitlines()[-lines:])
+
+
+_Service = TypeVar("_Service", bound="LocalService")
+
+
+class LocalService(ABC):
+    """What every local stand-in is: started, stopped, and a context manager."""
+
+    @abstractmethod
+    def start(self: _Service) -> _Service:
+        """Start serving; returns self."""
+
+    @abstractmethod
+    def stop(self) -> None:
+        """Stop serving and clean up; safe to call twice."""
+
+    def __enter__(self: _Service) -> _Service:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()

@@ -29,12 +29,12 @@ from collections import deque
 from collections.abc import Callable
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import botocore.exceptions
 
 from rotating_pool.agent import DEFAULT_ENDPOINT, ENDPOINT_ENV, TOKEN_ENV_VARS, TOKEN_HEADER
+from rotating_pool.local._process import LocalService
 
 if TYPE_CHECKING:
     from mypy_boto3_secretsmanager import SecretsManagerClient
@@ -85,7 +85,7 @@ class _Failure(Exception):
 CacheKey = tuple[str, str | None, str | None]
 
 
-class LocalAgent:
+class LocalAgent(LocalService):
     """A LOCAL STAND-IN for the AWS Secrets Manager Agent (not the agent itself).
 
     It serves the agent's protocol, as the agent's own source does it:
@@ -221,17 +221,6 @@ class LocalAgent:
         if self._serving is not None:
             self._serving.join()
             self._serving = None
-
-    def __enter__(self) -> LocalAgent:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def _bind(self) -> ThreadingHTTPServer:
         handler = _make_handler(self)

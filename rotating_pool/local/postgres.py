@@ -20,14 +20,19 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import psycopg
 from psycopg import sql
 from psycopg.rows import TupleRow
 
-from rotating_pool.local._process import POLL_INTERVAL, START_TIMEOUT, free_port, log_tail
+from rotating_pool.local._process import (
+    POLL_INTERVAL,
+    START_TIMEOUT,
+    LocalService,
+    free_port,
+    log_tail,
+)
 
 __all__ = ["PG_BIN", "AppSchema", "LocalPostgres"]
 
@@ -128,7 +133,7 @@ class AppSchema:
         return document
 
 
-class LocalPostgres:
+class LocalPostgres(LocalService):
     """A throwaway PostgreSQL 15 server on 127.0.0.1, with a random superuser password.
 
     Args:
@@ -233,17 +238,6 @@ class LocalPostgres:
         if self._given_directory is None and self._directory is not None:
             shutil.rmtree(self._directory, ignore_errors=True)
             self._directory = None
-
-    def __enter__(self) -> LocalPostgres:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def admin_connect(self, dbname: str = "postgres") -> psycopg.Connection[TupleRow]:
         """Open an autocommit connection as the superuser."""

@@ -22,8 +22,9 @@ import time
 import urllib.parse
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
 from typing import Any, NamedTuple
+
+from rotating_pool.local._process import LocalService
 
 __all__ = ["FaultProxy"]
 
@@ -56,7 +57,7 @@ _THROTTLED = _ErrorAnswer(400, "ThrottlingException", "Rate exceeded")
 _UNAVAILABLE = _ErrorAnswer(503, "ServiceUnavailableException", "Service Unavailable")
 
 
-class FaultProxy:
+class FaultProxy(LocalService):
     """A threaded HTTP proxy in front of a Secrets Manager endpoint, for tests and benchmarks.
 
     Every request is counted by operation (from the `X-Amz-Target` header) and
@@ -131,17 +132,6 @@ class FaultProxy:
             self._stopping = True
             self._state.notify_all()
         self._close_listener()
-
-    def __enter__(self) -> FaultProxy:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # -- counting ----------------------------------------------------------
 

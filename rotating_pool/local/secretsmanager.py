@@ -15,14 +15,19 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
 from typing import TYPE_CHECKING
 
 import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError
 
-from rotating_pool.local._process import POLL_INTERVAL, START_TIMEOUT, free_port, log_tail
+from rotating_pool.local._process import (
+    POLL_INTERVAL,
+    START_TIMEOUT,
+    LocalService,
+    free_port,
+    log_tail,
+)
 
 if TYPE_CHECKING:
     from mypy_boto3_secretsmanager import SecretsManagerClient
@@ -37,7 +42,7 @@ DUMMY_KEY = "testing"
 _STOP_TIMEOUT = 10.0
 
 
-class LocalSecretsManager:
+class LocalSecretsManager(LocalService):
     """moto's Secrets Manager served over HTTP by a child process on 127.0.0.1.
 
     The child (`rotating_pool.local._moto_main`) patches moto where it departs
@@ -137,17 +142,6 @@ class LocalSecretsManager:
         if self._directory is not None:
             shutil.rmtree(self._directory, ignore_errors=True)
             self._directory = None
-
-    def __enter__(self) -> LocalSecretsManager:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def _launch(self) -> None:
         self._directory = Path(tempfile.mkdtemp(prefix="rotating-pool-moto-"))
