@@ -8,7 +8,7 @@ PG_BIN := /usr/lib/postgresql/15/bin
 PYTEST_ARGS ?=
 LINT_PATHS := $(wildcard rotating_pool tests examples benchmarks)
 
-.PHONY: venv postgres test lint demo demo-threads
+.PHONY: venv postgres test lint demo demo-threads bench bench-quick
 
 venv: $(VENV_STAMP)
 
@@ -42,3 +42,17 @@ demo: venv postgres
 # The smaller demo: writer threads through create_engine, both strategies.
 demo-threads: venv postgres
 	$(VENV)/bin/python -m examples.demo
+
+BENCH_STAMP := $(VENV)/.installed-bench
+
+$(BENCH_STAMP): $(VENV_STAMP)
+	$(VENV)/bin/python -m pip install --quiet -e '.[test,bench]'
+	touch $@
+
+# Benchmarks against the baseline and the peers (benchmarks/README.md): about 12 minutes.
+bench: $(BENCH_STAMP) postgres
+	$(VENV)/bin/python -m benchmarks.run
+
+# The same, briefly: only checks that every benchmark runs (CI); about 2 minutes.
+bench-quick: $(BENCH_STAMP) postgres
+	$(VENV)/bin/python -m benchmarks.run --quick
