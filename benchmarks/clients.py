@@ -26,7 +26,7 @@ from sqlalchemy.engine import URL, Engine
 import rotating_pool
 from benchmarks.bed import Bed, Secret
 from rotating_pool.local import FaultProxy
-from rotating_pool.sources import _CLIENT_CONFIG as ROTATING_POOL_CLIENT_CONFIG
+from rotating_pool.sources import DEFAULT_CLIENT_CONFIG as ROTATING_POOL_CLIENT_CONFIG
 
 __all__ = [
     "CLIENT_LABELS",

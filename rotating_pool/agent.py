@@ -41,6 +41,7 @@ from rotating_pool.errors import (
     SecretsManagerUnavailableError,
 )
 from rotating_pool.secret import AWSCURRENT, Credentials, parse_credentials
+from rotating_pool.sources import ACCESS_DENIED_CODES
 
 __all__ = [
     "DEFAULT_ENDPOINT",
@@ -71,17 +72,6 @@ _MAX_ANSWER_BYTES = 1 << 20
 # never its value, and the agent's own are short fixed texts.
 _MAX_DETAIL_CHARS = 200
 
-_ACCESS_DENIED = frozenset(
-    {
-        "AccessDeniedException",
-        "AccessDenied",
-        "UnrecognizedClientException",
-        "InvalidSignatureException",
-        "ExpiredTokenException",
-        "DecryptionFailure",
-        "KMSAccessDeniedException",
-    }
-)
 _NOT_FOUND = "ResourceNotFoundException"
 
 
@@ -347,7 +337,7 @@ class AgentSource:
             return SecretNotFoundError(
                 f"secret {secret_id!r} cannot be read ({what}: {said})", secret_id=secret_id
             )
-        if error_type in _ACCESS_DENIED:
+        if error_type in ACCESS_DENIED_CODES:
             return SecretAccessDeniedError(
                 f"{where} may not read secret {secret_id!r} ({what}: {said}): grant "
                 "secretsmanager:GetSecretValue and secretsmanager:DescribeSecret on it (and "

@@ -41,14 +41,15 @@ logger = logging.getLogger("rotating_pool")
 # Short timeouts: a read that hangs must not hold a recovery for botocore's
 # default 60 s. Few retries: the login policy (RetryBudget) retries throttling
 # with its own jittered backoff, inside a budget the application chose.
-_CLIENT_CONFIG = botocore.config.Config(
+DEFAULT_CLIENT_CONFIG = botocore.config.Config(
     connect_timeout=3,
     read_timeout=5,
     retries={"mode": "standard", "max_attempts": 2},
     user_agent_extra="rotating_pool",
 )
+"""The botocore config of the client rotating_pool makes when none is given."""
 
-_ACCESS_DENIED = frozenset(
+ACCESS_DENIED_CODES = frozenset(
     {
         "AccessDeniedException",
         "AccessDenied",
@@ -59,6 +60,7 @@ _ACCESS_DENIED = frozenset(
         "KMSAccessDeniedException",
     }
 )
+"""Error codes that mean "this identity may not read the secret" (IAM, STS, KMS)."""
 _NOT_FOUND = frozenset({"ResourceNotFoundException"})
 
 
@@ -184,7 +186,7 @@ class SecretsManagerSource:
                     # A session of our own: boto3's default session is not
                     # thread-safe for creating clients.
                     self._client = boto3.session.Session().client(
-                        "secretsmanager", config=_CLIENT_CONFIG
+                        "secretsmanager", config=DEFAULT_CLIENT_CONFIG
                     )
                 client = self._client
         return client
@@ -216,7 +218,7 @@ class SecretsManagerSource:
                 "region (AWS_REGION / AWS_DEFAULT_REGION)",
                 secret_id=secret_id,
             )
-        if code in _ACCESS_DENIED or isinstance(error, botocore.exceptions.NoCredentialsError):
+        if code in ACCESS_DENIED_CODES or isinstance(error, botocore.exceptions.NoCredentialsError):
             return SecretAccessDeniedError(
                 f"reading secret {secret_id!r} was denied ({what}: {code or type(error).__name__})"
                 ": grant secretsmanager:GetSecretValue and secretsmanager:DescribeSecret on it "

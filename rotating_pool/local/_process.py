@@ -38,7 +38,24 @@ _Service = TypeVar("_Service", bound="LocalService")
 
 
 class LocalService(ABC):
-    """What every local stand-in is: started, stopped, and a context manager."""
+    """What every local stand-in is: started, stopped, and a context manager.
+
+    Subclasses that listen on a port of 127.0.0.1 keep it in `_port`.
+    """
+
+    _port: int | None = None
+
+    @property
+    def host(self) -> str:
+        """The address the server listens on."""
+        return "127.0.0.1"
+
+    @property
+    def port(self) -> int:
+        """The TCP port the server listens on (known once started, or when given)."""
+        if self._port is None:
+            raise RuntimeError(f"{type(self).__name__} has no port yet: call start() first")
+        return self._port
 
     @abstractmethod
     def start(self: _Service) -> _Service:

@@ -167,18 +167,6 @@ class LocalPostgres(LocalService):
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
-    def host(self) -> str:
-        """The address the server listens on."""
-        return "127.0.0.1"
-
-    @property
-    def port(self) -> int:
-        """The TCP port the server listens on (known once started, or when given)."""
-        if self._port is None:
-            raise RuntimeError("LocalPostgres has no port yet: call start() first")
-        return self._port
-
-    @property
     def admin_user(self) -> str:
         """The superuser's name."""
         return "postgres"

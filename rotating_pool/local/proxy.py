@@ -240,7 +240,7 @@ class FaultProxy(LocalService):
                 self._open_listener()
 
     def _open_listener(self) -> None:
-        server = ThreadingHTTPServer((self._host, self._port), _make_handler(self))
+        server = ThreadingHTTPServer((self._host, self._port or 0), _make_handler(self))
         server.daemon_threads = True
         self._port = server.server_address[1]
         self._server = server

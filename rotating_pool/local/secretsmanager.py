@@ -60,18 +60,6 @@ class LocalSecretsManager(LocalService):
         self._directory: Path | None = None
 
     @property
-    def host(self) -> str:
-        """The address the server listens on."""
-        return "127.0.0.1"
-
-    @property
-    def port(self) -> int:
-        """The TCP port the server listens on (known once started, or when given)."""
-        if self._port is None:
-            raise RuntimeError("LocalSecretsManager has no port yet: call start() first")
-        return self._port
-
-    @property
     def endpoint_url(self) -> str:
         """The URL to give boto3 as `endpoint_url`."""
         return f"http://{self.host}:{self.port}"
