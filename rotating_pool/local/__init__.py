@@ -1,4 +1,7 @@
-"""A local stand-in stack for demos, tests and benchmarks; needs the `local` extra (moto) and PostgreSQL 15 server binaries from Debian's packages.
+"""A local stand-in stack for demos, tests and benchmarks.
+
+Needs the `local` extra (moto) and PostgreSQL 15's server binaries from
+Debian's packages.
 
 - `LocalPostgres`: a throwaway PostgreSQL 15 server on 127.0.0.1 (`AppSchema`:
   the roles and database of an alternating-users application on it).
@@ -8,11 +11,21 @@
   throttling, hangs, refused connections, latency and held requests.
 - `LocalAgent`: a local stand-in (not AWS's) for the Secrets Manager Agent
   sidecar: its HTTP protocol on 127.0.0.1, with a cache, in front of an endpoint.
-"""  # noqa: E501
+- `WriteLoad`: writer threads committing one row per transaction, counting.
+"""
 
 from rotating_pool.local.agent import LocalAgent
 from rotating_pool.local.postgres import AppSchema, LocalPostgres
 from rotating_pool.local.proxy import FaultProxy
 from rotating_pool.local.secretsmanager import LocalSecretsManager
+from rotating_pool.local.workload import WriteLoad, WriteLoadResult
 
-__all__ = ["AppSchema", "FaultProxy", "LocalAgent", "LocalPostgres", "LocalSecretsManager"]
+__all__ = [
+    "AppSchema",
+    "FaultProxy",
+    "LocalAgent",
+    "LocalPostgres",
+    "LocalSecretsManager",
+    "WriteLoad",
+    "WriteLoadResult",
+]
