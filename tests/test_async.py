@@ -235,3 +235,28 @@ def test_sixty_four_tasks_survive_twenty_rotations(make_secret, sm_client, via_p
     assert stats.recovered_logins >= ROTATIONS - 1
     per_rotation = 2 if strategy == "single" else 1
     assert via_proxy.total_calls <= 1 + per_rotation * ROTATIONS, dict(via_proxy.calls)
+
+
+def test_async_engines_keep_the_cached_credentials_while_secrets_manager_is_down(
+    make_secret, app_schema, sm_client, via_proxy
+):
+    arn = make_secret("alternating")
+
+    async def scenario():
+        engine = rotating_pool.create_async_engine(URL, secret_id=arn, refresh_interval=1)
+        await session_user(engine)
+        via_proxy.refuse()
+        Rotator(sm_client).rotate(arn)  # AWSCURRENT moves to the other user meanwhile
+        users = []
+        started = time.monotonic()
+        while time.monotonic() - started < 2.5:  # longer than the TTL: refreshes fail
+            await engine.dispose()  # every round a new login
+            users.append(await session_user(engine))
+            await asyncio.sleep(0.1)
+        via_proxy.restore()
+        await engine.dispose()
+        return users
+
+    users = asyncio.run(scenario())
+    assert len(users) >= 10
+    assert set(users) == {app_schema.users[0]}  # the cached user, now AWSPREVIOUS
