@@ -23,7 +23,13 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import URL
 
-from rotating_pool.local import AppSchema, FaultProxy, LocalPostgres, LocalSecretsManager
+from rotating_pool.local import (
+    AppSchema,
+    FaultProxy,
+    LocalPostgres,
+    LocalSecretsManager,
+    static_url,
+)
 from rotating_pool.local.secretsmanager import REGION
 from rotating_pool.rotation import Rotator
 
@@ -91,14 +97,7 @@ class Bed:
 
     def static_url(self, document: dict[str, Any]) -> URL:
         """A URL with the credentials of `document` written in, as an engine built once has."""
-        return URL.create(
-            "postgresql+psycopg",
-            username=document["username"],
-            password=document["password"],
-            host=document["host"],
-            port=document["port"],
-            database=document["dbname"],
-        )
+        return static_url(document)
 
     def wrapper_url(self, secret: Secret, endpoint_url: str) -> URL:
         """A URL for aws-advanced-python-wrapper with only its aws_secrets_manager plugin.

@@ -18,10 +18,9 @@ import time
 from dataclasses import dataclass
 
 import sqlalchemy
-from sqlalchemy.engine import URL
 
 import rotating_pool
-from rotating_pool.local import FaultProxy, LocalPostgres, LocalSecretsManager
+from rotating_pool.local import FaultProxy, LocalPostgres, LocalSecretsManager, static_url
 from rotating_pool.local.workload import WriteLoad, WriteLoadResult
 from rotating_pool.rotation import Rotator
 
@@ -55,14 +54,6 @@ def run_strategy(
         SecretString=json.dumps(schema.secret_document(strategy, masterarn=admin_arn)),
     )["ARN"]
     document = schema.secret_document(strategy, masterarn=admin_arn)
-    static_url = URL.create(
-        "postgresql+psycopg",
-        username=document["username"],
-        password=document["password"],
-        host=document["host"],
-        port=document["port"],
-        database=document["dbname"],
-    )
     with FaultProxy(secretsmanager.endpoint_url) as counter:  # counts our API calls
         ours_engine = rotating_pool.create_engine(
             "postgresql+psycopg://",
@@ -72,7 +63,7 @@ def run_strategy(
             pool_recycle=0.5,
         )
         static_engine = sqlalchemy.create_engine(
-            static_url, pool_size=args.threads, pool_recycle=0.5
+            static_url(document), pool_size=args.threads, pool_recycle=0.5
         )
         ours = WriteLoad(ours_engine, threads=args.threads, table="demo_ours")
         static = WriteLoad(static_engine, threads=args.threads, table="demo_static")

@@ -12,10 +12,9 @@ from collections.abc import Callable
 
 import pytest
 import sqlalchemy
-from sqlalchemy.engine import URL as SAURL
 
 import rotating_pool
-from rotating_pool.local.workload import WriteLoad
+from rotating_pool.local.workload import WriteLoad, static_url
 from rotating_pool.rotation import Rotator, lambda_handler
 from tests.support import current_document
 
@@ -104,15 +103,7 @@ def test_attach_and_session_survive_rotations_under_load(make_secret, sm_client,
 @pytest.mark.parametrize("strategy", ["alternating", "single"])
 def test_control_an_engine_built_once_from_awscurrent_fails(make_secret, sm_client, strategy):
     arn = make_secret(strategy)
-    secret = current_document(sm_client, arn)
-    url = SAURL.create(
-        "postgresql+psycopg",
-        username=secret["username"],
-        password=secret["password"],
-        host=secret["host"],
-        port=secret["port"],
-        database=secret["dbname"],
-    )
+    url = static_url(current_document(sm_client, arn))
     engine = sqlalchemy.create_engine(url, pool_size=8, pool_recycle=0.2)
     load = WriteLoad(engine, threads=8)
     load.create_table()

@@ -18,7 +18,7 @@ from rotating_pool.local.agent import LocalAgent
 from rotating_pool.local.postgres import AppSchema, LocalPostgres
 from rotating_pool.local.proxy import FaultProxy
 from rotating_pool.local.secretsmanager import LocalSecretsManager
-from rotating_pool.local.workload import WriteLoad, WriteLoadResult
+from rotating_pool.local.workload import WriteLoad, WriteLoadResult, static_url
 
 __all__ = [
     "AppSchema",
@@ -28,4 +28,5 @@ __all__ = [
     "LocalSecretsManager",
     "WriteLoad",
     "WriteLoadResult",
+    "static_url",
 ]

@@ -12,17 +12,35 @@ import re
 import threading
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import sqlalchemy
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-__all__ = ["WriteLoad", "WriteLoadResult"]
+__all__ = ["WriteLoad", "WriteLoadResult", "static_url"]
 
 logger = logging.getLogger("rotating_pool.local")
 
 TABLE = "rotating_pool_load"
+
+
+def static_url(document: Mapping[str, Any]) -> sqlalchemy.URL:
+    """The URL of an engine built once from a secret document, credentials written in.
+
+    The control that demos, tests and benchmarks compare rotating_pool against:
+    what an application has when it reads the secret once at start-up.
+    """
+    return sqlalchemy.URL.create(
+        "postgresql+psycopg",
+        username=document["username"],
+        password=document["password"],
+        host=document["host"],
+        port=document["port"],
+        database=document["dbname"],
+    )
 
 
 @dataclass
