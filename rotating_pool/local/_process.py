@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import socket
 from abc import ABC, abstractmethod
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
+
+logger = logging.getLogger("rotating_pool.local")
 
 # How long a local server may take to answer after it is launched.
 START_TIMEOUT = 30.0
@@ -70,3 +75,19 @@ class LocalService(ABC):
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+class QuietRequestHandler(BaseHTTPRequestHandler):
+    """An HTTP handler for the local servers: a client that hung up is no error,
+    and requests are logged at DEBUG, prefixed with `log_name`."""
+
+    log_name = "local"
+
+    def handle(self) -> None:
+        # A client that gave up (timeout) leaves a closed socket behind.
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            super().handle()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        # The request line and status only: tokens travel in headers, never logged.
+        logger.debug(self.log_name + ": " + format, *args)

@@ -17,7 +17,6 @@ Run as a process (a sidecar for a local demo)::
 from __future__ import annotations
 
 import base64
-import contextlib
 import errno
 import json
 import logging
@@ -34,7 +33,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import botocore.exceptions
 
 from rotating_pool.agent import DEFAULT_ENDPOINT, ENDPOINT_ENV, TOKEN_ENV_VARS, TOKEN_HEADER
-from rotating_pool.local._process import LocalService
+from rotating_pool.local._process import LocalService, QuietRequestHandler
 
 if TYPE_CHECKING:
     from mypy_boto3_secretsmanager import SecretsManagerClient
@@ -404,7 +403,9 @@ def _answer_document(answer: Any) -> dict[str, Any]:
 
 
 def _make_handler(agent: LocalAgent) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(QuietRequestHandler):
+        log_name = "LocalAgent"
+
         # One request per connection: `stop()` then never waits on an idle
         # kept-alive connection.
         protocol_version = "HTTP/1.0"
@@ -445,15 +446,5 @@ def _make_handler(agent: LocalAgent) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             if self.command != "HEAD":
                 self.wfile.write(body)
-
-        def handle(self) -> None:
-            # A client that gave up (timeout) leaves a closed socket behind.
-            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                super().handle()
-
-        def log_message(self, format: str, *args: Any) -> None:
-            # The request line and status only: the token travels in a header,
-            # which is never logged.
-            logger.debug("LocalAgent: " + format, *args)
 
     return Handler

@@ -13,7 +13,6 @@ clears them all.
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import json
 import logging
@@ -22,9 +21,9 @@ import time
 import urllib.parse
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
-from rotating_pool.local._process import LocalService
+from rotating_pool.local._process import LocalService, QuietRequestHandler
 
 __all__ = ["FaultProxy"]
 
@@ -317,7 +316,9 @@ def _burst(rate: float) -> float:
 
 
 def _make_handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(QuietRequestHandler):
+        log_name = "FaultProxy"
+
         # HTTP/1.0: one request per connection, so refuse() takes effect at
         # once instead of kept-alive connections carrying on.
         protocol_version = "HTTP/1.0"
@@ -360,13 +361,5 @@ def _make_handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
-
-        def handle(self) -> None:
-            # A client that gave up (timeout) leaves a closed socket behind.
-            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                super().handle()
-
-        def log_message(self, format: str, *args: Any) -> None:
-            logger.debug("FaultProxy: " + format, *args)
 
     return Handler
