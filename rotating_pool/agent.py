@@ -12,11 +12,13 @@ instead of calling Secrets Manager itself, so the process needs no IAM
 permission of its own and a fleet of processes costs Secrets Manager one read
 per agent per TTL:
 
-- `read_cached()`, the steady-state refresh, takes what the agent's cache holds
-  (its TTL, 300 s by default);
-- `fetch(stage)`, the rejected-login path, adds ``refreshNow=true`` so that the
-  agent reads Secrets Manager at once: a rotated password must not be answered
-  from the agent's cache for up to five minutes.
+- `load()` and `poll()`, the first read and the steady-state refresh, take
+  what the agent's cache holds (its TTL, 300 s by default);
+- `newer()`, the refused-login path, asks the agent's cache first (another
+  process behind the same agent may have refreshed it already) and only then
+  adds ``refreshNow=true``, so that the agent reads Secrets Manager at once: a
+  rotated password must not be answered from the agent's cache for up to five
+  minutes.
 
 >>> source = AgentSource("prod/app/db")  # nothing is read, not even the token
 >>> engine = rotating_pool.create_engine(  # doctest: +SKIP
@@ -31,6 +33,7 @@ import logging
 import os
 import threading
 import urllib.parse
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -40,7 +43,7 @@ from rotating_pool.errors import (
     SecretNotFoundError,
     SecretsManagerUnavailableError,
 )
-from rotating_pool.secret import AWSCURRENT, Credentials, parse_credentials
+from rotating_pool.secret import AWSCURRENT, AWSPENDING, Credentials, parse_credentials
 from rotating_pool.sources import ACCESS_DENIED_CODES
 
 __all__ = [
@@ -152,28 +155,58 @@ class AgentSource:
     def __repr__(self) -> str:
         return f"AgentSource(secret_id={self._secret_id!r}, endpoint={self._endpoint!r})"
 
-    def fetch(self, stage: str) -> Credentials | None:
-        """Read one stage with ``refreshNow=true``; see `SecretSource.fetch`.
+    def fetch(self, stage: str, *, refresh: bool = True) -> Credentials | None:
+        """Read one stage; None when no version has it (only for a stage other
+        than AWSCURRENT).
 
-        AWSCURRENT is asked without ``versionStage``: the agent keys its cache
-        by the query, so the fresh value then also replaces what `read_cached`
-        (and every other process behind the same agent) is served.
+        With `refresh` (``refreshNow=true``) the agent reads Secrets Manager at
+        once and keeps the fresh value for every process behind it; without,
+        it answers from its cache. AWSCURRENT is asked without ``versionStage``,
+        the query every process's cached reads use, so a refreshed value
+        replaces what they are all served.
         """
-        query = {"refreshNow": "true"}
+        query = {"refreshNow": "true"} if refresh else {}
         if stage != AWSCURRENT:
             query["versionStage"] = stage
-        return self._read(query, stage, f"refreshNow read of {stage}")
+        what = f"{'refreshNow' if refresh else 'cached'} read of {stage}"
+        return self._read(query, stage, what)
 
     def load(self) -> Credentials:
         """The first read: through the agent's cache, which a whole fleet of
         processes behind one agent shares; see `SecretSource.load`."""
-        return self.read_cached()
-
-    def read_cached(self) -> Credentials:
-        """AWSCURRENT as the agent's cache holds it; see `SecretSource.read_cached`."""
-        credentials = self._read({}, AWSCURRENT, "cached read")
+        credentials = self.fetch(AWSCURRENT, refresh=False)
         assert credentials is not None  # only a stage other than AWSCURRENT may be missing
         return credentials
+
+    def poll(self, held: Credentials) -> Credentials | None:
+        """AWSCURRENT as the agent's cache holds it, if not `held`; see `SecretSource.poll`.
+
+        Free for Secrets Manager: the agent refreshes its cache on its own TTL.
+        """
+        cached = self.load()
+        return None if cached == held else cached
+
+    def newer(
+        self, rejected: Credentials, refused: Sequence[str | None], *, use_pending: bool
+    ) -> Credentials | None:
+        """Other credentials after a refusal; see `SecretSource.newer`.
+
+        The agent's cache first (another process behind the agent may have
+        refreshed it already: no Secrets Manager read), then ``refreshNow``
+        reads, which the agent shares with every process behind it. Each
+        stage is asked that way: AWSCURRENT, then AWSPENDING.
+        """
+        stages = (AWSCURRENT, AWSPENDING) if use_pending else (AWSCURRENT,)
+        for refresh in (False, True):
+            for stage in stages:
+                credentials = self.fetch(stage, refresh=refresh)
+                if (
+                    credentials is not None
+                    and credentials != rejected
+                    and credentials.version_id not in refused
+                ):
+                    return credentials
+        return None
 
     def after_fork(self) -> None:
         """Replace the lock (a thread of the parent may have held it); nothing else

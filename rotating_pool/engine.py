@@ -10,6 +10,7 @@ opens a new DBAPI connection).
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import weakref
@@ -22,7 +23,15 @@ from sqlalchemy.engine import Dialect, Engine
 
 from rotating_pool.agent import AgentSource
 from rotating_pool.errors import AlreadyAttachedError, ConfigurationError, LoginRejectedError
-from rotating_pool.policy import Connect, Refetch, RetryBudget, is_login_rejection, login_plan
+from rotating_pool.policy import (
+    Connect,
+    Load,
+    Refetch,
+    RetryBudget,
+    Wait,
+    is_login_rejection,
+    login_plan,
+)
 from rotating_pool.secret import Credentials
 from rotating_pool.sources import SecretsManagerSource, SecretSource
 from rotating_pool.store import CredentialStore, Stats
@@ -172,8 +181,9 @@ def attach(
             region and credentials as usual), remade in forked children.
         refresh_interval: seconds between background refreshes (default one
             hour; see `DEFAULT_REFRESH_INTERVAL`).
-        retry: the budget for rejected logins (default `RetryBudget()`: 8 rounds,
-            at most about 9 s of backoff).
+        retry: the budget of one connection's login (default `RetryBudget()`:
+            8 rounds after a refusal, at most 20 s in all, Secrets Manager
+            calls and waits included).
         use_pending: try AWSPENDING when a login is refused and AWSCURRENT has
             not moved (single-user rotation between setSecret and finishSecret).
             On by default: it is what makes single-user rotation seamless.
@@ -258,7 +268,17 @@ def _store_for(
     however many engines there are. A client or source you pass is part of the
     key by identity: the store keeps it alive, so the identity stays unique.
     """
-    made = _make_source(secret_id, client, refresh_interval, source)  # validates; cheap
+    if isinstance(refresh_interval, bool) or not isinstance(refresh_interval, int | float):
+        raise ConfigurationError(
+            f"refresh_interval must be a number of seconds, not {refresh_interval!r}"
+        )
+    if not math.isfinite(refresh_interval) or refresh_interval < 1:
+        raise ConfigurationError(
+            f"refresh_interval must be a finite number of seconds >= 1, not {refresh_interval!r}"
+        )
+    if not isinstance(use_pending, bool):
+        raise ConfigurationError(f"use_pending must be True or False, not {use_pending!r}")
+    made = _make_source(secret_id, client, source)  # validates; cheap
     how: tuple[object, ...]
     if made is source:
         how = ("source", id(made))
@@ -280,7 +300,6 @@ def _store_for(
 def _make_source(
     secret_id: str,
     client: SecretsManagerClient | None,
-    refresh_interval: float,
     source: SecretSource | SourceName | None,
 ) -> SecretSource:
     if source is not None and not isinstance(source, str):
@@ -300,19 +319,15 @@ def _make_source(
         )
     if not isinstance(secret_id, str) or not secret_id.strip():
         raise ConfigurationError("secret_id must be the secret's name or ARN (a non-empty string)")
-    if isinstance(refresh_interval, bool) or not isinstance(refresh_interval, int | float):
-        raise ConfigurationError("refresh_interval must be a number of seconds")
-    if refresh_interval < 1:
-        raise ConfigurationError(
-            f"refresh_interval must be at least 1 second, not {refresh_interval}"
-        )
     if source == "agent":
         return AgentSource(secret_id)
-    return SecretsManagerSource(secret_id, client=client, refresh_interval=refresh_interval)
+    return SecretsManagerSource(secret_id, client=client)
 
 
-# Drivers whose connect() calls the database "database" rather than libpq's "dbname".
+# Drivers whose connect() calls the database "database" rather than libpq's
+# "dbname", and the login time-out "timeout" rather than "connect_timeout".
 _DATABASE_KEY = {"asyncpg": "database", "pg8000": "database"}
+_TIMEOUT_KEY = {"asyncpg": "timeout", "pg8000": "timeout"}
 
 
 class _ConnectHook:
@@ -323,6 +338,7 @@ class _ConnectHook:
         self.store = store
         self.budget = budget
         self.dbname_key = _DATABASE_KEY.get(dialect.driver, "dbname")
+        self.timeout_key = _TIMEOUT_KEY.get(dialect.driver, "connect_timeout")
         self.waits: Waits = GreenletWaits() if dialect.is_async else BlockingWaits()
 
     def __repr__(self) -> str:
@@ -335,47 +351,69 @@ class _ConnectHook:
         cargs: list[Any],
         cparams: dict[str, Any],
     ) -> DBAPIConnection:
-        given = frozenset(cparams)  # what the URL and connect_args said
-
-        def login(credentials: Credentials) -> DBAPIConnection:
-            apply_credentials(cparams, credentials, given, self.dbname_key)
-            return dialect.connect(*cargs, **cparams)
+        # SQLAlchemy 2.0 hands every connect of an engine the same cparams
+        # dict (2.1 a copy): it is read here, never written, so concurrent
+        # logins cannot mix one user with another's password.
+        def login(credentials: Credentials, timeout: int) -> DBAPIConnection:
+            params = connect_params(
+                cparams, credentials, self.dbname_key, (self.timeout_key, timeout)
+            )
+            return dialect.connect(*cargs, **params)
 
         return connect_with_recovery(self.store, self.budget, login, self.waits)
 
 
-def apply_credentials(
-    cparams: dict[str, Any], credentials: Credentials, given: frozenset[str], dbname_key: str
-) -> None:
-    """Put `credentials` into a driver's connect parameters.
+def connect_params(
+    given: dict[str, Any],
+    credentials: Credentials,
+    dbname_key: str = "dbname",
+    timeout: tuple[str, int] | None = None,
+) -> dict[str, Any]:
+    """A driver's connect parameters: `given` (URL, connect_args) with `credentials`.
 
     The user and password always come from the secret; host, port and dbname
     only where the URL left them out (RDS Proxy and reader endpoints differ from
-    the secret's host).
+    the secret's host). `timeout`, (the driver's key, whole seconds), caps a
+    time-out the application gave, so that a login fits the time left.
     """
-    cparams["user"] = credentials.username
-    cparams["password"] = credentials.password
+    params = dict(given)
+    params["user"] = credentials.username
+    params["password"] = credentials.password
     for key, value in (
         ("host", credentials.host),
         ("port", credentials.port),
         (dbname_key, credentials.dbname),
     ):
         if value is not None and key not in given:
-            cparams[key] = value
+            params[key] = value
+    if timeout is not None:
+        key, seconds = timeout
+        mine = _seconds(given.get(key))
+        if mine is None or mine <= 0 or mine > seconds:
+            params[key] = seconds  # libpq: 0 means "wait forever"
+    return params
+
+
+def _seconds(value: object) -> float | None:
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
 
 
 def connect_with_recovery(
     store: CredentialStore,
     budget: RetryBudget,
-    login: Callable[[Credentials], T],
+    login: Callable[[Credentials, int], T],
     waits: Waits | None = None,
 ) -> T:
-    """Carry out `rotating_pool.policy.login_plan`: log in, and recover from refusals.
+    """Carry out `rotating_pool.policy.login_plan`: load, log in, and recover from refusals.
 
-    `waits` says how to wait (blocking, or awaiting for async engines).
+    `login(credentials, timeout)` opens a connection; `waits` says how to wait
+    (blocking, or awaiting for async engines).
     """
     waits = waits or BlockingWaits()
-    plan = login_plan(waits.current(store), secret_id=store.secret_id, budget=budget)
+    plan = login_plan(store.held(), secret_id=store.secret_id, budget=budget)
     action = next(plan)
     refused = 0
     while True:
@@ -383,7 +421,7 @@ def connect_with_recovery(
         if isinstance(action, Connect):
             store.count("logins")
             try:
-                connection = login(action.credentials)
+                connection = login(action.credentials, action.timeout)
             except Exception as error:
                 if is_login_rejection(error):
                     refused += 1
@@ -398,8 +436,12 @@ def connect_with_recovery(
                     _log_recovery(store, action.credentials, refused)
                 return connection
         elif isinstance(action, Refetch):
-            answer = waits.refetch(store, action.rejected)
+            flight = store.join_refetch(action.rejected, action.reuse_for)
+            answer = waits.answer(store, flight, action.timeout)
+        elif isinstance(action, Load):
+            answer = waits.answer(store, store.join_load(), action.timeout)
         else:
+            assert isinstance(action, Wait)
             waits.sleep(action.seconds)
             answer = None
         try:
@@ -432,6 +474,8 @@ def _log_recovery(store: CredentialStore, credentials: Credentials, refused: int
 
 
 def _dispose_after_fork() -> None:
+    global _stores_lock
+    _stores_lock = threading.Lock()
     # SQLAlchemy's advice for pools that cross a fork: drop the parent's
     # connections without closing them (they still belong to the parent).
     for engine in list(_engines):

@@ -117,8 +117,10 @@ def parse_credentials(
             return None
         if not isinstance(value, str):
             raise fail(key, f"must be a string, not {type(value).__name__}")
-        if required and not value:
-            raise fail(key, "is empty")
+        if not value.strip():
+            # An empty host makes libpq use a local socket, an empty dbname the
+            # user's name: never what a secret means.
+            raise fail(key, "is empty: leave it out or give a value")
         return value
 
     username = text("username", required=True)
@@ -127,7 +129,7 @@ def parse_credentials(
     port = document.get("port")
     if port is not None:
         # AWS's own templates write the port as a number; consoles sometimes as a string.
-        if isinstance(port, str) and port.isdigit():
+        if isinstance(port, str) and port.isascii() and port.isdigit():
             port = int(port)
         if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
             raise fail("port", "must be a port number (1-65535)")

@@ -1,34 +1,46 @@
 """Where credentials come from: a `SecretSource` reads one secret.
 
-A source has two ways in, because the steady state and a recovery want
-different things:
+A source answers three questions, for the three moments a process reads:
 
-- `read_cached()`: the cheap, possibly stale read that a periodic background
-  refresh makes. `SecretsManagerSource` uses aws-secretsmanager-caching here:
-  DescribeSecret every TTL and GetSecretValue only when AWSCURRENT moved, and
-  the last good value while Secrets Manager fails.
-- `fetch(stage)`: a direct read of one version stage, bypassing every cache,
-  for the first load and for a rejected login. The caching library cannot serve
-  this path: its forced refresh (`refresh_secret_now`) sleeps 2.5-5 s before it
-  reads, it offers no invalidation, and its getters do not say which version
-  they return.
+- `load()`: the first read of AWSCURRENT, by the cheapest way that is fresh.
+- `poll(held)`: the periodic refresh. Has AWSCURRENT moved away from the
+  version held? `SecretsManagerSource` asks DescribeSecret (a quota four times
+  GetSecretValue's) and reads a value only when it moved to a version it has
+  not read yet.
+- `newer(rejected, refused)`: a login was refused. What else is there?
+  AWSCURRENT if it moved, else AWSPENDING (a single-user rotation between
+  setSecret and finishSecret).
+
+Which version to read is decided by `rotating_pool.reads`, without I/O. A
+version's value never changes once written, so each source remembers the few
+versions it has read and never reads one twice: a rotation costs a process at
+most one GetSecretValue, whether a refusal or the refresh notices it first.
+
+aws-secretsmanager-caching is not used on these paths: its getters do not say
+which version they return (so its next refresh reads again a version a
+recovery already fetched: one more GetSecretValue per rotation and process),
+its forced refresh (`refresh_secret_now`) sleeps 2.5-5 s before it reads, and
+it cannot read AWSPENDING.
 """
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import logging
 import threading
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import botocore.config
 import botocore.exceptions
-from aws_secretsmanager_caching import SecretCache, SecretCacheConfig
 
 from rotating_pool.errors import (
     SecretAccessDeniedError,
     SecretNotFoundError,
     SecretsManagerUnavailableError,
 )
+from rotating_pool.reads import Labels, Read, recovery_reads, steady_read
 from rotating_pool.secret import AWSCURRENT, Credentials, parse_credentials
 
 if TYPE_CHECKING:
@@ -70,7 +82,8 @@ class SecretSource(Protocol):
 
     Errors are rotating_pool's typed errors: `SecretNotFoundError`,
     `SecretAccessDeniedError`, `SecretFormatError`,
-    `SecretsManagerUnavailableError`.
+    `SecretsManagerUnavailableError`. The store runs every read in a thread of
+    its own and stops waiting for it at the caller's deadline.
     """
 
     @property
@@ -78,25 +91,56 @@ class SecretSource(Protocol):
         """The secret's id or ARN."""
         ...
 
-    def fetch(self, stage: str) -> Credentials | None:
-        """Read the version labelled `stage`, bypassing caches.
-
-        Returns None when no version has that label (only possible for a stage
-        other than AWSCURRENT).
-        """
-        ...
-
     def load(self) -> Credentials:
         """The first read of AWSCURRENT, by the cheapest way that is fresh enough."""
         ...
 
-    def read_cached(self) -> Credentials:
-        """Read AWSCURRENT through the steady-state cache (may be stale)."""
+    def poll(self, held: Credentials) -> Credentials | None:
+        """The periodic refresh: AWSCURRENT if it is no longer `held`, else None."""
+        ...
+
+    def newer(
+        self, rejected: Credentials, refused: Sequence[str | None], *, use_pending: bool
+    ) -> Credentials | None:
+        """After `rejected` was refused: other credentials to try, or None.
+
+        `refused` lists the version ids refused lately (`rejected`'s first);
+        they are not offered again. AWSPENDING is offered only with `use_pending`.
+        """
         ...
 
     def after_fork(self) -> None:
         """Drop what must not cross a fork (network clients, locks)."""
         ...
+
+
+class VersionMemo:
+    """The last few versions read, by id: a version's value never changes."""
+
+    def __init__(self, size: int = 4) -> None:
+        self._versions: collections.OrderedDict[str, Credentials] = collections.OrderedDict()
+        self._size = size
+        self._lock = threading.Lock()
+
+    def get(self, version_id: str | None, stage: str) -> Credentials | None:
+        """The version read before, labelled `stage` now; None if not read yet."""
+        if version_id is None:
+            return None
+        with self._lock:
+            credentials = self._versions.get(version_id)
+        if credentials is None or credentials.stage == stage:
+            return credentials
+        return dataclasses.replace(credentials, stage=stage)
+
+    def add(self, credentials: Credentials) -> Credentials:
+        """Remember `credentials` (when its version is known); returns it."""
+        if credentials.version_id is not None:
+            with self._lock:
+                self._versions[credentials.version_id] = credentials
+                self._versions.move_to_end(credentials.version_id)
+                while len(self._versions) > self._size:
+                    self._versions.popitem(last=False)
+        return credentials
 
 
 class SecretsManagerSource:
@@ -109,25 +153,21 @@ class SecretsManagerSource:
             ``AWS_ENDPOINT_URL_SECRETS_MANAGER``), with 3 s/5 s connect/read
             timeouts, and made again in a forked child. A client you pass is used
             as is, in every process: pass a factory-made one per process if you
-            fork after using it.
-        refresh_interval: the caching library's TTL in seconds; it refreshes
-            after a random time between half of it and all of it.
+            fork after using it. Calls through either are bounded by the
+            caller's deadline all the same (`rotating_pool.RetryBudget`).
+
+    Reads: `load` is one GetSecretValue(AWSCURRENT); `poll` one DescribeSecret,
+    plus a GetSecretValue when AWSCURRENT moved to a version not read yet;
+    `newer` likewise, for AWSCURRENT or AWSPENDING.
 
     >>> source = SecretsManagerSource("prod/app/db")  # nothing is fetched yet
     """
 
-    def __init__(
-        self,
-        secret_id: str,
-        *,
-        client: SecretsManagerClient | None = None,
-        refresh_interval: float = 3600.0,
-    ) -> None:
+    def __init__(self, secret_id: str, *, client: SecretsManagerClient | None = None) -> None:
         self._secret_id = secret_id
         self._given_client = client
         self._client: SecretsManagerClient | None = client
-        self._refresh_interval = refresh_interval
-        self._cache: Any = None
+        self._memo = VersionMemo()
         self._lock = threading.Lock()
 
     @property
@@ -138,8 +178,64 @@ class SecretsManagerSource:
     def __repr__(self) -> str:
         return f"SecretsManagerSource(secret_id={self._secret_id!r})"
 
+    def load(self) -> Credentials:
+        """One GetSecretValue(AWSCURRENT); see `SecretSource.load`."""
+        credentials = self.fetch(AWSCURRENT)
+        assert credentials is not None  # AWSCURRENT always exists, or fetch raised
+        return credentials
+
+    def poll(self, held: Credentials) -> Credentials | None:
+        """DescribeSecret, and a read if AWSCURRENT moved; see `SecretSource.poll`."""
+        read = steady_read(self.labels(), held.version_id)
+        return None if read is None else self.read(read)
+
+    def newer(
+        self, rejected: Credentials, refused: Sequence[str | None], *, use_pending: bool
+    ) -> Credentials | None:
+        """DescribeSecret, then at most the versions worth trying; see `SecretSource.newer`."""
+        for read in recovery_reads(self.labels(), refused, use_pending=use_pending):
+            credentials = self.read(read)
+            if credentials != rejected:  # another version, same login: nothing new
+                return credentials
+        return None
+
+    def labels(self) -> Labels:
+        """Where AWSCURRENT and AWSPENDING are now (one DescribeSecret)."""
+        try:
+            response = self._get_client().describe_secret(SecretId=self._secret_id)
+        except Exception as error:
+            raise self._translate(error, "DescribeSecret") from error
+        labels = Labels.from_stages(response.get("VersionIdsToStages") or {})
+        if labels is None:
+            raise SecretNotFoundError(
+                f"secret {self._secret_id!r} has no version labelled AWSCURRENT (DescribeSecret):"
+                " put a value in the secret",
+                secret_id=self._secret_id,
+            )
+        return labels
+
+    def read(self, read: Read) -> Credentials:
+        """The version `read` names: from memory when read before, else GetSecretValue."""
+        known = self._memo.get(read.version_id, read.stage)
+        if known is not None:
+            return known
+        client = self._get_client()
+        what = f"GetSecretValue({read.stage})"
+        try:
+            response = client.get_secret_value(SecretId=self._secret_id, VersionId=read.version_id)
+        except Exception as error:
+            raise self._translate(error, what) from error
+        return self._memo.add(
+            parse_credentials(
+                self._secret_id,
+                response.get("SecretString"),
+                version_id=response.get("VersionId"),
+                stage=read.stage,
+            )
+        )
+
     def fetch(self, stage: str) -> Credentials | None:
-        """GetSecretValue for one stage; see `SecretSource.fetch`."""
+        """GetSecretValue by stage, bypassing every cache; None if no version has it."""
         client = self._get_client()
         try:
             response = client.get_secret_value(SecretId=self._secret_id, VersionStage=stage)
@@ -147,34 +243,19 @@ class SecretsManagerSource:
             if stage != AWSCURRENT and _error_code(error) in _NOT_FOUND:
                 return None
             raise self._translate(error, f"GetSecretValue({stage})") from error
-        return parse_credentials(
-            self._secret_id,
-            response.get("SecretString"),
-            version_id=response.get("VersionId"),
-            stage=stage,
+        return self._memo.add(
+            parse_credentials(
+                self._secret_id,
+                response.get("SecretString"),
+                version_id=response.get("VersionId"),
+                stage=stage,
+            )
         )
 
-    def load(self) -> Credentials:
-        """One GetSecretValue(AWSCURRENT): the caching library's first read would
-        cost two calls (DescribeSecret, then GetSecretValue); see `SecretSource.load`."""
-        credentials = self.fetch(AWSCURRENT)
-        assert credentials is not None  # AWSCURRENT always exists, or fetch raised
-        return credentials
-
-    def read_cached(self) -> Credentials:
-        """AWSCURRENT through aws-secretsmanager-caching; see `SecretSource.read_cached`."""
-        cache = self._get_cache()
-        try:
-            secret_string = cache.get_secret_string(self._secret_id)
-        except Exception as error:
-            raise self._translate(error, "the secret cache's refresh") from error
-        return parse_credentials(self._secret_id, secret_string)
-
     def after_fork(self) -> None:
-        """Forget the default client and the cache; keep a client you passed."""
+        """Forget the default client; keep a client you passed."""
         self._lock = threading.Lock()
         self._client = self._given_client
-        self._cache = None
 
     def _get_client(self) -> SecretsManagerClient:
         client = self._client
@@ -190,22 +271,6 @@ class SecretsManagerSource:
                     )
                 client = self._client
         return client
-
-    def _get_cache(self) -> Any:
-        cache = self._cache
-        if cache is None:
-            client = self._get_client()
-            with self._lock:
-                if self._cache is None:
-                    config = SecretCacheConfig(
-                        secret_refresh_interval=max(1, round(self._refresh_interval)),
-                        # The library's default backs off up to an hour after
-                        # errors; we want a failed refresh retried next time.
-                        exception_retry_delay_max=max(1, round(self._refresh_interval / 4)),
-                    )
-                    self._cache = SecretCache(config=config, client=client)
-                cache = self._cache
-        return cache
 
     def _translate(self, error: Exception, what: str) -> Exception:
         """Map a boto3 error to a typed one. AWS's messages name the secret,

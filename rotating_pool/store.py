@@ -1,33 +1,36 @@
 """The credentials in use for one secret, and how they are kept fresh.
 
-`CredentialStore` answers two questions, and only the second may wait on
-Secrets Manager:
+`CredentialStore` holds what every new connection of a process logs in with,
+and runs the secret reads the login policy asks for:
 
-- `current()`: what to log in with now. After the first load it never blocks:
-  when the refresh interval has passed, one caller starts a background refresh
-  (botocore's `RefreshableCredentials` does the same for AWS keys) and every
-  caller, that one included, goes on with the credentials in hand. While
-  Secrets Manager is slow or down, the last good credentials stay in use.
-- `refetch(rejected)`: these credentials were just refused, what else is
-  there? Single-flight: threads refused with the same credentials share one
-  fetch. It reads AWSCURRENT and, when that has not moved, AWSPENDING (the
-  password a single-user rotation is setting): at most 2 GetSecretValue calls.
+- `held()`: what to log in with now, without waiting. When the refresh
+  interval has passed it starts one background refresh (botocore's
+  `RefreshableCredentials` does the same for AWS keys) and every caller goes on
+  with the credentials in hand. While Secrets Manager is slow or down, the last
+  good credentials stay in use.
+- `join_load()` and `join_refetch(rejected)`: single-flight reads. Every
+  caller that needs the first read, or was refused with the same credentials,
+  shares one read and its outcome. The read runs in a thread of its own, so
+  each caller waits only as long as its own deadline allows (a thread, or a
+  coroutine that takes no thread), and a hung read can hold nobody beyond that.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import os
+import random
 import threading
 import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from rotating_pool.errors import RotatingPoolError
-from rotating_pool.secret import AWSCURRENT, AWSPENDING, Credentials
+from rotating_pool.errors import RotatingPoolError, SecretsManagerUnavailableError
+from rotating_pool.secret import Credentials
 from rotating_pool.sources import SecretSource
 
 __all__ = ["CredentialStore", "Flight", "Stats"]
@@ -36,6 +39,10 @@ logger = logging.getLogger("rotating_pool")
 
 Answer = Credentials | BaseException | None
 
+# Version ids refused lately, remembered so that a refetch does not offer them
+# again (a single-user rotation's AWSPENDING is refused once finished, say).
+_REFUSED_VERSIONS_KEPT = 4
+
 
 @dataclass(frozen=True)
 class Stats:
@@ -43,12 +50,15 @@ class Stats:
 
     Attributes:
         logins: logins tried through rotating_pool (first tries and retries).
-        rejected_logins: logins the database refused.
+        rejected_logins: logins the database refused (recognised refusals).
         recovered_logins: connections that succeeded after at least one refusal.
         failed_recoveries: connections given up on (`LoginRejectedError`).
-        refetches: single-flight refetches run after a refusal (1-2 API calls each).
+        loads: first reads of the secret (single-flight).
+        refetches: single-flight reads run after a refusal.
         refetch_joins: refused callers that waited for another caller's refetch.
-        background_refreshes: steady-state refreshes through the cache.
+        refetch_reuses: refused callers answered by a recent refetch, without a call.
+        background_refreshes: steady-state refreshes that completed.
+        failed_refreshes: steady-state refreshes that failed (credentials kept).
         credential_changes: times the credentials in use changed.
     """
 
@@ -56,17 +66,20 @@ class Stats:
     rejected_logins: int = 0
     recovered_logins: int = 0
     failed_recoveries: int = 0
+    loads: int = 0
     refetches: int = 0
     refetch_joins: int = 0
+    refetch_reuses: int = 0
     background_refreshes: int = 0
+    failed_refreshes: int = 0
     credential_changes: int = 0
 
 
 class Flight:
-    """One refetch in progress, shared by every caller refused with the same credentials.
+    """One secret read in progress, shared by every caller that needs it.
 
-    Threads wait on `done`; coroutines await `wait_async()`, which takes no
-    thread, so a thousand refused tasks cost one worker thread, the leader's.
+    Threads call `wait`; coroutines await `wait_async`, which takes no thread,
+    so a thousand waiting tasks cost one thread: the read's.
     """
 
     __slots__ = ("_callbacks", "_lock", "answer", "done")
@@ -88,13 +101,17 @@ class Flight:
         for callback in callbacks:
             callback()
 
-    async def wait_async(self) -> None:
-        """Wait for `finish` without blocking the event loop or taking a thread."""
+    def wait(self, timeout: float) -> bool:
+        """Block until the answer is in, at most `timeout` seconds; True if it is."""
+        return self.done.wait(max(timeout, 0.0))
+
+    async def wait_async(self, timeout: float) -> bool:
+        """`wait` for coroutines: never blocks the event loop, takes no thread."""
         loop = asyncio.get_running_loop()
         woken = loop.create_future()
 
         def settle() -> None:
-            if not woken.done():  # a cancelled waiter's future is done already
+            if not woken.done():  # a cancelled or timed-out waiter's future is done
                 woken.set_result(None)
 
         def wake() -> None:
@@ -103,18 +120,24 @@ class Flight:
 
         with self._lock:
             if self.done.is_set():
-                return
+                return True
             self._callbacks.append(wake)
-        await woken
+        try:
+            await asyncio.wait_for(woken, max(timeout, 0.0))
+        except asyncio.TimeoutError:
+            return False
+        return True
 
 
 class CredentialStore:
-    """Holds the credentials of one secret for one engine; see the module docstring.
+    """Holds the credentials of one secret for one process; see the module docstring.
 
     Args:
         source: where the secret is read.
-        refresh_interval: seconds between steady-state refreshes.
-        use_pending: whether `refetch` may offer AWSPENDING.
+        refresh_interval: seconds between steady-state refreshes (each waits a
+            random time between half of it and all of it, so that a fleet
+            started together does not refresh together).
+        use_pending: whether a refetch may offer AWSPENDING.
         clock: a monotonic clock (tests pass a fake one).
     """
 
@@ -131,19 +154,20 @@ class CredentialStore:
         self.use_pending = use_pending
         self._clock = clock
         self._current: Credentials | None = None
-        self._last_cached: Credentials | None = None
-        # The cache is polled more often than its TTL: a poll costs nothing until
-        # the cache's own (jittered) TTL runs out.
-        self._poll_interval = refresh_interval / 4
         self._next_poll = 0.0
         self._counts: dict[str, int] = dict.fromkeys(Stats.__dataclass_fields__, 0)
+        self._refused: collections.deque[str | None] = collections.deque(
+            maxlen=_REFUSED_VERSIONS_KEPT
+        )
+        # (refused credentials, when a refetch for them found nothing new)
+        self._nothing_new: tuple[Credentials, float] | None = None
         self._init_locks()
         _live_stores.add(self)
 
     def _init_locks(self) -> None:
         self._lock = threading.Lock()
-        self._load_lock = threading.Lock()
         self._refreshing = threading.Lock()
+        self._load_flight: Flight | None = None
         self._flights: dict[Credentials, Flight] = {}
 
     def __repr__(self) -> str:
@@ -156,7 +180,7 @@ class CredentialStore:
 
     @property
     def loaded(self) -> bool:
-        """Whether the first load is done (`current` no longer blocks)."""
+        """Whether the first read is done (`held` returns credentials)."""
         return self._current is not None
 
     def stats(self) -> Stats:
@@ -169,18 +193,28 @@ class CredentialStore:
         with self._lock:
             self._counts[name] += n
 
-    def current(self) -> Credentials:
-        """The credentials to log in with; blocks only for the very first load.
+    def held(self) -> Credentials | None:
+        """The credentials to log in with, or None before the first read. Never waits."""
+        credentials = self._current
+        if credentials is not None and self._clock() >= self._next_poll:
+            self._start_refresh(credentials)
+        return credentials
+
+    def current(self, timeout: float = 30.0) -> Credentials:
+        """The credentials to log in with, reading the secret if need be.
 
         Raises:
-            SecretError, SecretsManagerUnavailableError: the first load failed.
+            SecretError, SecretsManagerUnavailableError: the first read failed,
+                or did not finish within `timeout` seconds.
         """
-        credentials = self._current
-        if credentials is None:
-            return self._load()
-        if self._clock() >= self._next_poll:
-            self._start_refresh()
-        return credentials
+        credentials = self.held()
+        if credentials is not None:
+            return credentials
+        answer = self.answer(self.join_load(), timeout, blocking=True)
+        if isinstance(answer, BaseException):
+            raise answer
+        assert isinstance(answer, Credentials)  # a load answers credentials or an error
+        return answer
 
     def confirm(self, credentials: Credentials) -> None:
         """Record that `credentials` logged in, so every new connection uses them."""
@@ -188,81 +222,127 @@ class CredentialStore:
             with self._lock:
                 self._set_current(credentials, "they logged in")
 
-    def refetch(self, rejected: Credentials) -> Answer:
-        """Credentials to try instead of `rejected`, None, or the fetch's error.
+    def join_load(self) -> Flight:
+        """The flight of the first read, started by the first caller."""
+        with self._lock:
+            if self._current is not None:
+                return Flight(self._current, done=True)
+            flight = self._load_flight
+            if flight is None:
+                flight = self._load_flight = Flight()
+                self._counts["loads"] += 1
+                start = True
+            else:
+                start = False
+        if start:
+            self._run(flight, self.source.load, self._finish_load, "first read")
+        return flight
 
-        Never raises: errors are answers, for the login policy to weigh.
-        """
-        flight, leading = self.join_refetch(rejected)
-        if leading:
-            self.run_refetch(flight, rejected)
-        else:
-            flight.done.wait()
-        return flight.answer
+    def join_refetch(self, rejected: Credentials, reuse_for: float = 0.0) -> Flight:
+        """The flight that answers "what instead of `rejected`?"; see `refetch`.
 
-    def join_refetch(self, rejected: Credentials) -> tuple[Flight, bool]:
-        """The flight answering `rejected`, and whether the caller must run it.
-
-        The non-blocking half of `refetch`, for the async shell: the leader
-        runs `run_refetch` (in a worker thread), the others wait on the flight.
-        A flight that is already done is returned when there is nothing to fetch.
+        Already answered (no read) when another caller recovered meanwhile, or
+        when a refetch for `rejected` found nothing new less than `reuse_for`
+        seconds ago.
         """
         with self._lock:
             current = self._current
             if current is not None and current != rejected:
-                return Flight(current, done=True), False  # another caller recovered already
+                return Flight(current, done=True)  # another caller recovered already
             flight = self._flights.get(rejected)
             if flight is not None:
                 self._counts["refetch_joins"] += 1
                 logger.debug("secret %r: waiting for the refetch in flight", self.secret_id)
-                return flight, False
+                return flight
+            last = self._nothing_new
+            if last is not None and last[0] == rejected and self._clock() - last[1] < reuse_for:
+                self._counts["refetch_reuses"] += 1
+                return Flight(None, done=True)
+            if rejected.version_id not in self._refused:
+                self._refused.appendleft(rejected.version_id)
+            refused = tuple(self._refused)
             flight = self._flights[rejected] = Flight()
             self._counts["refetches"] += 1
-            return flight, True
 
-    def run_refetch(self, flight: Flight, rejected: Credentials) -> None:
-        """Read the secret for `flight` (which `join_refetch` gave to this caller)."""
-        answer: Answer = None
+        def read() -> Credentials | None:
+            return self.source.newer(rejected, refused, use_pending=self.use_pending)
+
+        def finish(answer: Answer) -> None:
+            self._finish_refetch(rejected, answer)
+
+        self._run(flight, read, finish, "refetch")
+        return flight
+
+    def refetch(
+        self, rejected: Credentials, timeout: float = 30.0, reuse_for: float = 0.0
+    ) -> Answer:
+        """Credentials to try instead of `rejected`, None, or the read's error.
+
+        Single-flight: callers refused with the same credentials share one
+        read. Never raises: errors are answers, for the login policy to weigh.
+        """
+        return self.answer(self.join_refetch(rejected, reuse_for), timeout, blocking=True)
+
+    def answer(self, flight: Flight, timeout: float, *, blocking: bool) -> Answer:
+        """The flight's answer, or a `SecretsManagerUnavailableError` if it did
+        not come within `timeout` (after `Flight.wait`, or at once if not `blocking`)."""
+        if flight.done.is_set() or (blocking and flight.wait(timeout)):
+            return flight.answer
+        return SecretsManagerUnavailableError(
+            f"secret {self.secret_id!r}: Secrets Manager did not answer within {timeout:.1f} s "
+            "(the time left of RetryBudget.deadline)",
+            secret_id=self.secret_id,
+        )
+
+    def _run(
+        self,
+        flight: Flight,
+        read: Callable[[], Credentials | None],
+        finish: Callable[[Answer], None],
+        what: str,
+    ) -> None:
+        """Run `read` in a thread of its own; `finish` and the flight get its outcome."""
+
+        def target() -> None:
+            answer: Answer = None
+            try:
+                answer = read()
+            except Exception as error:  # handed to the policy as an answer, never lost
+                answer = error
+            finally:
+                finish(answer)
+                flight.finish(answer)
+
+        thread = threading.Thread(
+            target=target, name=f"rotating_pool-{what}-{self.secret_id}", daemon=True
+        )
         try:
-            answer = self._read_newer(rejected)
-        except Exception as error:  # handed to the policy as an answer, never lost
-            answer = error
-        except BaseException:
-            # Interrupted (KeyboardInterrupt, a cancelled greenlet): the waiters
-            # get an error answer and may try again; this caller stops.
-            answer = RotatingPoolError(f"the refetch of {self.secret_id!r} was interrupted")
-            raise
-        finally:
-            with self._lock:
-                del self._flights[rejected]
-                if isinstance(answer, Credentials):
-                    self._set_current(answer, "a login was refused")
+            thread.start()
+        except RuntimeError as error:  # no thread to be had: an answer, not a hang
+            answer = RotatingPoolError(f"secret {self.secret_id!r}: cannot start a read: {error}")
+            finish(answer)
             flight.finish(answer)
 
-    def _read_newer(self, rejected: Credentials) -> Credentials | None:
-        # Reads bypass the cache: its forced refresh sleeps 2.5-5 s first.
-        current = self.source.fetch(AWSCURRENT)
-        if current is not None and current != rejected:
-            return current
-        if self.use_pending:
-            pending = self.source.fetch(AWSPENDING)
-            if pending is not None and pending != rejected:
-                return pending
-        logger.info(
-            "secret %r offers no credentials other than the refused ones (user %r)",
-            self.secret_id,
-            rejected.username,
-        )
-        return None
+    def _finish_load(self, answer: Answer) -> None:
+        with self._lock:
+            self._load_flight = None
+            if isinstance(answer, Credentials):
+                self._set_current(answer, "first use")
+                self._next_poll = self._clock() + self._poll_delay(self.refresh_interval)
 
-    def _load(self) -> Credentials:
-        with self._load_lock:
-            if self._current is None:
-                credentials = self.source.load()
-                with self._lock:
-                    self._set_current(credentials, "first use")
-                    self._next_poll = self._clock() + self._poll_interval
-            return self._current  # type: ignore[return-value]  # set above or by another
+    def _finish_refetch(self, rejected: Credentials, answer: Answer) -> None:
+        with self._lock:
+            del self._flights[rejected]
+            if isinstance(answer, Credentials):
+                self._nothing_new = None
+                self._set_current(answer, "a login was refused")
+            elif answer is None:
+                self._nothing_new = (rejected, self._clock())
+                logger.info(
+                    "secret %r offers no credentials other than the refused ones (user %r)",
+                    self.secret_id,
+                    rejected.username,
+                )
 
     def _set_current(self, credentials: Credentials, why: str) -> None:
         # Caller holds self._lock.
@@ -276,17 +356,23 @@ class CredentialStore:
             "secret %r: now using user %r, version %s (%s) because %s",
             self.secret_id,
             credentials.username,
-            credentials.version_id or "from the cache",
+            credentials.version_id or "(unknown)",
             credentials.stage,
             why,
         )
 
-    def _start_refresh(self) -> None:
+    def _poll_delay(self, interval: float) -> float:
+        return random.uniform(interval / 2, interval)
+
+    def _start_refresh(self, held: Credentials) -> None:
         if not self._refreshing.acquire(blocking=False):
             return  # someone else is refreshing; keep going with what we have
-        self._next_poll = self._clock() + self._poll_interval
+        self._next_poll = self._clock() + self._poll_delay(self.refresh_interval)
         thread = threading.Thread(
-            target=self._refresh, name=f"rotating_pool-refresh-{self.secret_id}", daemon=True
+            target=self._refresh,
+            args=(held,),
+            name=f"rotating_pool-refresh-{self.secret_id}",
+            daemon=True,
         )
         try:
             thread.start()
@@ -294,9 +380,9 @@ class CredentialStore:
             self._refreshing.release()
             raise
 
-    def _refresh(self) -> None:
+    def _refresh(self, held: Credentials) -> None:
         try:
-            cached = self.source.read_cached()
+            newer = self.source.poll(held)
         except Exception as error:  # a refresh must never break connects
             detail = str(error) if isinstance(error, RotatingPoolError) else type(error).__name__
             logger.warning(
@@ -304,17 +390,23 @@ class CredentialStore:
                 self.secret_id,
                 detail,
             )
+            with self._lock:
+                self._counts["failed_refreshes"] += 1
+                # Try again sooner than a full interval.
+                self._next_poll = self._clock() + self._poll_delay(self.refresh_interval / 4)
             return
         finally:
             self._refreshing.release()
         with self._lock:
             self._counts["background_refreshes"] += 1
-            # Adopt what the cache learned, not what it remembers: its value can
-            # be older than credentials a recovery fetched directly, and it only
-            # changes when its own refresh read a new AWSCURRENT.
-            if cached != self._last_cached:
-                self._last_cached = cached
-                self._set_current(cached, "the periodic refresh found a new AWSCURRENT")
+            # Only over what the poll started from (a recovery meanwhile wins),
+            # and never back to a version refused lately (a cache may lag).
+            if (
+                newer is not None
+                and self._current == held
+                and newer.version_id not in self._refused
+            ):
+                self._set_current(newer, "the periodic refresh found a new AWSCURRENT")
 
     def _after_fork(self) -> None:
         # Locks may have been held by threads that do not exist in the child,

@@ -20,9 +20,10 @@ def main() -> None:
     )
     load = WriteLoad(engine, threads=2, table="fleet_load")
     load.start()
-    while load.snapshot()[0] == 0:
+    deadline = time.monotonic() + 60
+    while load.snapshot()[0] == 0 and time.monotonic() < deadline:
         time.sleep(0.01)
-    print("ready", flush=True)
+    print("ready" if load.snapshot()[0] else "no commit within 60 s", flush=True)
     sys.stdin.readline()
     result = load.stop()
     stats = rotating_pool.stats(engine)

@@ -235,7 +235,7 @@ def test_an_unreadable_token_file_is_a_configuration_error_naming_it(
 ):
     monkeypatch.setenv("AWS_TOKEN", "file:///run/no-such-dir/awssmatoken")
     with pytest.raises(ConfigurationError, match="/run/no-such-dir/awssmatoken"):
-        AgentSource(make_secret()).read_cached()
+        AgentSource(make_secret()).load()
 
 
 # -- rotation -----------------------------------------------------------------
@@ -245,22 +245,26 @@ def test_a_rejected_login_bypasses_the_agents_cache_with_refresh_now(make_secret
     arn = make_secret("single")
     engine = rotating_pool.create_engine(URL, secret_id=arn, source="agent")
     source = credential_store(engine).source
-    assert source.read_cached().password == password_of(sm_client, arn)  # now in the agent's cache
+    assert source.load().password == password_of(sm_client, arn)  # now in the agent's cache
     who(engine)
     old_password = password_of(sm_client, arn)
     Rotator(sm_client).rotate(arn)
     # What the agent serves from its cache (TTL 300 s) is the password that was just changed:
-    assert source.read_cached().password == old_password
+    assert source.load().password == old_password
     agent.reset_counts()
     engine.dispose()
     who(engine)  # refused, then recovered through the agent
     stats = rotating_pool.stats(engine)
     assert (stats.rejected_logins, stats.recovered_logins, stats.refetches) == (1, 1, 1)
+    # The agent's cache first (another worker may have refreshed it), AWSCURRENT
+    # then AWSPENDING (a single-user rotation half way), then refreshNow.
     assert [(r.version_stage, r.refresh_now, r.from_cache) for r in agent.history] == [
-        (None, True, False)  # AWSCURRENT moved, so no AWSPENDING read
+        (None, False, True),  # the cached AWSCURRENT: the refused password
+        ("AWSPENDING", False, False),  # none: the rotation is over
+        (None, True, False),  # read from Secrets Manager: AWSCURRENT moved
     ]
     # The fresh read replaced the agent's cached AWSCURRENT for every reader.
-    assert source.read_cached().password == password_of(sm_client, arn) != old_password
+    assert source.load().password == password_of(sm_client, arn) != old_password
 
 
 def test_awspending_is_read_by_version_stage_while_a_single_user_rotation_is_half_way(
@@ -282,8 +286,8 @@ def test_awspending_is_read_by_version_stage_while_a_single_user_rotation_is_hal
     Rotator(sm_client).rotate(arn, on_step=between_set_and_finish)
     assert in_the_window == [app_schema.users[0]] * 3
     assert [(r.version_stage, r.refresh_now, r.status) for r in agent.history] == [
-        (None, True, 200),  # AWSCURRENT: still the refused password
-        ("AWSPENDING", True, 200),  # the one the database has now
+        (None, False, 200),  # the cached AWSCURRENT: still the refused password
+        ("AWSPENDING", False, 200),  # the one the database has now (read once, then cached)
     ]
     engine.dispose()
     assert who(engine) == app_schema.users[0]  # and after finishSecret
@@ -464,8 +468,8 @@ def test_the_stand_in_caches_for_its_ttl_by_query(make_secret, secretsmanager, s
     arn = make_secret()
     with LocalAgent(secretsmanager.client(), port=0, ttl=1.0) as agent:
         source = AgentSource(arn, endpoint=agent.endpoint_url, token=agent.token)
-        source.read_cached()
-        source.read_cached()
+        source.load()
+        source.load()
         version = sm_client.describe_secret(SecretId=arn)["VersionIdsToStages"]
         version_id = next(v for v, stages in version.items() if "AWSCURRENT" in stages)
         raw_get(
@@ -474,7 +478,7 @@ def test_the_stand_in_caches_for_its_ttl_by_query(make_secret, secretsmanager, s
             {TOKEN_HEADER: agent.token},
         )
         time.sleep(1.1)
-        source.read_cached()
+        source.load()
         assert [(r.version_id, r.from_cache) for r in agent.history] == [
             (None, False),
             (None, True),

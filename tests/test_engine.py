@@ -7,6 +7,7 @@ import os
 import threading
 import time
 
+import boto3
 import pytest
 import sqlalchemy
 from psycopg import OperationalError
@@ -21,7 +22,9 @@ from rotating_pool import (
     SecretAccessDeniedError,
     SecretFormatError,
     SecretNotFoundError,
+    SecretsManagerUnavailableError,
 )
+from rotating_pool.secret import Credentials
 from tests.support import RecordCounter, current_document, put_version, set_password
 
 URL = "postgresql+psycopg://"
@@ -62,9 +65,10 @@ def test_a_value_written_in_the_url_wins_over_the_secret(make_secret, app_schema
     assert session_user == app_schema.users[0]  # user and password: always the secret's
 
 
-def test_tls_settings_in_the_url_pass_through_untouched(make_secret, via_proxy):
+def test_tls_settings_in_the_url_pass_through_untouched(make_secret, app_schema, via_proxy):
     arn = make_secret()
-    assert who(rotating_pool.create_engine(URL + "?sslmode=disable", secret_id=arn))
+    engine = rotating_pool.create_engine(URL + "?sslmode=disable", secret_id=arn)
+    assert who(engine)[0] == app_schema.users[0]
     engine = rotating_pool.create_engine(URL + "?sslmode=require", secret_id=arn)
     with pytest.raises(sqlalchemy.exc.OperationalError, match="SSL"):
         engine.connect()
@@ -102,6 +106,11 @@ def test_attaching_twice_is_a_clear_error(make_secret):
         ({"secret_id": ""}, "secret_id"),
         ({"secret_id": "x", "refresh_interval": 0}, "refresh_interval"),
         ({"secret_id": "x", "retry": 3}, "RetryBudget"),
+        ({"secret_id": "x", "refresh_interval": float("nan")}, "refresh_interval"),
+        ({"secret_id": "x", "refresh_interval": float("inf")}, "refresh_interval"),
+        ({"secret_id": "x", "refresh_interval": -10, "source": "agent"}, "refresh_interval"),
+        ({"secret_id": "x", "refresh_interval": True}, "refresh_interval"),
+        ({"secret_id": "x", "use_pending": "yes"}, "use_pending"),
     ],
 )
 def test_bad_options_are_configuration_errors(kwargs, says):
@@ -184,9 +193,10 @@ def test_a_password_that_stays_wrong_gives_a_typed_error_within_the_budget(
     with pytest.raises(LoginRejectedError) as raised:
         engine.connect()
     elapsed = time.monotonic() - started
-    # Bound: each round reads AWSCURRENT and AWSPENDING at most (2 calls), and
-    # the waits add up to at most budget.max_total_delay().
-    assert via_proxy.total_calls <= 2 * budget.rounds
+    # One DescribeSecret finds nothing new; the retries with the same password
+    # within the next second reuse that answer. No GetSecretValue at all.
+    assert via_proxy.calls["GetSecretValue"] == 0
+    assert 1 <= via_proxy.calls["DescribeSecret"] <= 1 + int(elapsed)
     assert elapsed < budget.max_total_delay() + 3
     error = raised.value
     assert isinstance(error.__cause__, OperationalError)
@@ -228,7 +238,7 @@ def test_sixteen_refused_logins_share_one_refetch(
     put_version(sm_client, arn, document, "AWSCURRENT" if moved else "AWSPENDING")
     set_password(postgres, user, "rotated-pw-16")
     via_proxy.reset_calls()
-    via_proxy.hold("GetSecretValue")
+    via_proxy.hold("DescribeSecret")
     joined = RecordCounter("waiting for the refetch in flight", target=15)
     logger = rotating_pool.engine.logger
     logger.addHandler(joined)
@@ -247,9 +257,8 @@ def test_sixteen_refused_logins_share_one_refetch(
         logger.removeHandler(joined)
         logger.setLevel(level)
     assert errors == []
-    limit = 2 if moved else 3
-    calls = via_proxy.calls["GetSecretValue"] + via_proxy.calls["DescribeSecret"]
-    assert calls <= limit
+    # One DescribeSecret says where AWSCURRENT and AWSPENDING are; one read.
+    assert via_proxy.calls == {"DescribeSecret": 1, "GetSecretValue": 1}
     stats = rotating_pool.stats(engine)
     assert stats.rejected_logins == 16 and stats.recovered_logins == 16
     assert stats.refetches == 1 and stats.refetch_joins == 15
@@ -269,7 +278,8 @@ def test_engines_reading_one_secret_share_one_refetch_per_process(
     set_password(postgres, app_schema.users[0], "rotated-for-two")
     via_proxy.reset_calls()
     assert who(writer)[0] == who(reader)[0] == app_schema.users[0]
-    assert via_proxy.calls == {"GetSecretValue": 1}  # the reader found it already recovered
+    # The reader found it already recovered: one DescribeSecret and one read in all.
+    assert via_proxy.calls == {"DescribeSecret": 1, "GetSecretValue": 1}
     assert rotating_pool.credential_store(writer) is rotating_pool.credential_store(reader)
 
 
@@ -291,3 +301,137 @@ def test_forked_children_use_an_engine_made_before_the_fork(make_secret):
     assert os.read(reader, 2) == b"ok"
     assert os.waitstatus_to_exitcode(status) == 0
     assert who(engine) == parent_view  # the parent's pooled connection survived
+
+
+def test_the_connect_parameters_sqlalchemy_passes_are_never_written(make_secret, app_schema):
+    # SQLAlchemy 2.0 passes one cparams dict to every connect of an engine
+    # (2.1 a copy each time): writing credentials into it would let concurrent
+    # logins mix one user with another's password.
+    engine = sqlalchemy.create_engine(URL, pool_size=8)
+    seen: list[dict] = []
+
+    @sqlalchemy.event.listens_for(engine, "do_connect")
+    def capture(dialect, conn_rec, cargs, cparams):
+        seen.append(cparams)
+
+    rotating_pool.attach(engine, secret_id=make_secret())
+    assert who(engine)[0] == app_schema.users[0]
+    assert seen
+    for cparams in seen:
+        assert not {"user", "password", "connect_timeout"} & set(cparams)
+
+
+def test_many_threads_logging_in_as_two_users_never_mix_them(make_secret, app_schema, postgres):
+    """Both users of an alternating secret in flight at once, from 16 threads."""
+    arn = make_secret()
+    engine = rotating_pool.create_engine(URL, secret_id=arn, poolclass=sqlalchemy.pool.NullPool)
+    who(engine)
+    store = rotating_pool.credential_store(engine)
+    first = store.held()
+    second = Credentials(
+        app_schema.users[1], "second-user-pw", first.host, first.port, first.dbname
+    )
+    set_password(postgres, app_schema.users[1], "second-user-pw")
+    seen: set[str] = set()
+    failures: list[BaseException] = []
+    go = threading.Event()
+
+    def connect_many():
+        go.wait(10)
+        for _ in range(15):
+            try:
+                seen.add(who(engine)[0])
+            except BaseException as error:
+                failures.append(error)
+
+    threads = [threading.Thread(target=connect_many) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    go.set()
+    flips = 0
+    while any(thread.is_alive() for thread in threads) and flips < 2000:
+        store.confirm(second if flips % 2 else first)  # the user in use flips all the time
+        flips += 1
+        threads[0].join(0.001)
+    for thread in threads:
+        thread.join(30)
+    assert failures == []
+    assert seen == set(app_schema.users)
+    assert rotating_pool.stats(engine).rejected_logins == 0
+
+
+def test_secrets_manager_hung_while_the_database_refuses_fails_within_the_deadline(
+    make_secret, app_schema, postgres, via_proxy
+):
+    arn = make_secret("single")
+    budget = RetryBudget(deadline=6)
+    engine = rotating_pool.create_engine(URL, secret_id=arn, retry=budget)
+    who(engine)
+    engine.dispose()
+    set_password(postgres, app_schema.users[0], "changed-behind-our-back")
+    via_proxy.hang()  # accepts every call and never answers
+    started = time.monotonic()
+    with pytest.raises(LoginRejectedError, match=r"deadline 6 s") as raised:
+        engine.connect()
+    assert time.monotonic() - started < budget.deadline + 2
+    assert "did not answer within" in str(raised.value)
+
+
+def test_a_client_with_botocores_default_timeouts_is_bounded_by_the_deadline_too(
+    make_secret, app_schema, postgres, proxy
+):
+    client = boto3.session.Session().client("secretsmanager", endpoint_url=proxy.endpoint_url)
+    assert client.meta.config.read_timeout == 60  # botocore's default
+    arn = make_secret("single")
+    budget = RetryBudget(deadline=5)
+    engine = rotating_pool.create_engine(URL, secret_id=arn, client=client, retry=budget)
+    who(engine)
+    engine.dispose()
+    set_password(postgres, app_schema.users[0], "changed-behind-our-back")
+    proxy.hang()
+    started = time.monotonic()
+    with pytest.raises(LoginRejectedError, match=r"deadline 5 s"):
+        engine.connect()
+    assert time.monotonic() - started < budget.deadline + 2
+
+
+def test_a_first_load_against_a_hung_secrets_manager_fails_within_the_deadline(
+    make_secret, via_proxy
+):
+    arn = make_secret()
+    via_proxy.hang()
+    engine = rotating_pool.create_engine(URL, secret_id=arn, retry=RetryBudget(deadline=4))
+    started = time.monotonic()
+    with pytest.raises(SecretsManagerUnavailableError, match=r"deadline 4 s"):
+        engine.connect()
+    assert time.monotonic() - started < 4 + 2
+
+
+def test_a_forked_child_reads_secrets_manager_with_its_own_client_after_a_rotation(
+    make_secret, app_schema, postgres, sm_client, via_proxy
+):
+    arn = make_secret("single")
+    engine = rotating_pool.create_engine(URL, secret_id=arn)
+    who(engine)  # the parent's client is made and used before the fork
+    parent_client = rotating_pool.credential_store(engine).source._get_client()
+    document = {**current_document(sm_client, arn), "password": "rotated-in-child"}
+    put_version(sm_client, arn, document, "AWSCURRENT")
+    set_password(postgres, app_schema.users[0], "rotated-in-child")
+    via_proxy.reset_calls()  # the proxy serves (and counts) in this process's threads
+    reader, writer = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            engine.dispose()
+            ok = who(engine)[0] == app_schema.users[0]
+            source = rotating_pool.credential_store(engine).source
+            stats = rotating_pool.stats(engine)
+            ok = ok and stats.recovered_logins == 1 and source._get_client() is not parent_client
+            os.write(writer, b"ok" if ok else b"no")
+        finally:
+            os._exit(0)
+    os.close(writer)
+    _, status = os.waitpid(pid, 0)
+    assert os.read(reader, 2) == b"ok"
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert via_proxy.calls == {"DescribeSecret": 1, "GetSecretValue": 1}  # the child's recovery

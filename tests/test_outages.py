@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -76,50 +77,67 @@ FLEET_ROTATIONS = 4
 
 
 @pytest.mark.slow
-def test_a_throttled_fleet_of_eight_processes_fails_nothing_through_single_user_rotations(
+def test_a_throttled_fleet_starting_during_single_user_rotations_fails_nothing(
     make_secret, sm_client, proxy, tmp_path
 ):
+    """A deployment replacing every task while rotations run: first loads included."""
     arn = make_secret("single")
     proxy.throttle(4.0)  # Secrets Manager answers ThrottlingException above 4 calls/s
     setup = rotating_pool.create_engine(URL, secret_id=arn, client=sm_client)
     WriteLoad(setup, table="fleet_load").create_table()
     env = {"AWS_ENDPOINT_URL_SECRETS_MANAGER": proxy.endpoint_url}
-    workers = [
-        subprocess.Popen(
-            [sys.executable, "-m", "tests.fleet_worker", arn],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            env={**os.environ, **env},
-        )
-        for _ in range(FLEET)
-    ]
+    rotator = Rotator(sm_client)
+    stop = threading.Event()
+    rotations: list[float] = []
+
+    def pace(step: str, _elapsed: float) -> None:
+        if step == "testSecret":
+            stop.wait(0.5)  # 0.5 s between setSecret and finishSecret
+
+    def rotate_until_stopped() -> None:
+        while not stop.is_set():
+            rotator.rotate(arn, on_step=pace)
+            rotations.append(time.monotonic())
+            stop.wait(1.5)
+
+    rotating = threading.Thread(target=rotate_until_stopped)
+    rotating.start()
+    workers = []
     try:
+        workers = [
+            subprocess.Popen(
+                [sys.executable, "-m", "tests.fleet_worker", arn],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+                env={**os.environ, **env},
+            )
+            for _ in range(FLEET)
+        ]
         for worker in workers:  # each says "ready" after its first commit
             assert worker.stdout is not None
             assert worker.stdout.readline().strip() == "ready"
-        rotator = Rotator(sm_client)
-
-        def pace(step: str, _elapsed: float) -> None:
-            if step == "testSecret":
-                time.sleep(0.5)  # 0.5 s between setSecret and finishSecret
-
-        for _ in range(FLEET_ROTATIONS):
-            rotator.rotate(arn, on_step=pace)
-            time.sleep(2)  # the fleet's steady pace between rotations
+        all_ready = len(rotations)
+        deadline = time.monotonic() + 60
+        while len(rotations) < all_ready + FLEET_ROTATIONS:
+            assert time.monotonic() < deadline, "the rotations stalled"
+            rotating.join(0.1)
+        stop.set()
+        rotating.join(30)
         reports = []
         for worker in workers:
             out, _ = worker.communicate("stop\n", timeout=60)
             reports.append(json.loads(out.strip().splitlines()[-1]))
     finally:
+        stop.set()
         for worker in workers:
             if worker.poll() is None:
                 worker.kill()
-    print("fleet:", json.dumps(reports))  # figures for the notes, shown with -s
+    print("fleet:", len(rotations), "rotations", json.dumps(reports))  # for the notes (-s)
     failures = sum(report["failures"] for report in reports)
     commits = sum(report["commits"] for report in reports)
     assert failures == 0, [report["errors"] for report in reports if report["failures"]]
     assert WriteLoad(setup, table="fleet_load").count_rows() == commits
     assert all(report["recovered_logins"] >= 1 for report in reports)
-    assert proxy.throttled["GetSecretValue"] > 0  # the throttle really bit
+    assert proxy.throttled["GetSecretValue"] + proxy.throttled["DescribeSecret"] > 0  # it bit
     setup.dispose()

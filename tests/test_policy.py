@@ -1,92 +1,207 @@
-"""The login policy, driven by hand: no database, no network, no clock."""
+"""The login policy, driven by hand: no database, no network, a fake clock."""
 
 from __future__ import annotations
 
+import json
+import math
 import random
+from pathlib import Path
 
 import pytest
 
 from rotating_pool import LoginRejectedError, RetryBudget, is_login_rejection
-from rotating_pool.errors import ConfigurationError, SecretsManagerUnavailableError
-from rotating_pool.policy import Connect, Refetch, Wait, login_plan
+from rotating_pool.errors import (
+    ConfigurationError,
+    SecretNotFoundError,
+    SecretsManagerUnavailableError,
+)
+from rotating_pool.policy import (
+    REFUSED_REUSE_SECONDS,
+    UNRECOGNISED_REUSE_SECONDS,
+    Connect,
+    Failure,
+    Load,
+    Refetch,
+    Wait,
+    classify_login_error,
+    login_plan,
+)
 from rotating_pool.secret import Credentials
 
 OLD = Credentials("app_a", "old-pw", version_id="v1")
 NEW = Credentials("app_b", "new-pw", version_id="v2")
 REFUSED = OSError('connection failed: FATAL:  password authentication failed for user "app_a"')
 NOLOGIN = OSError('FATAL:  role "app_b" is not permitted to log in')
+ODD_FATAL = OSError("connection failed: FATAL:  the gatekeeper does not like you today")
+REFUSED_PORT = OSError('connection to server at "127.0.0.1", port 1 failed: Connection refused')
+THROTTLED = SecretsManagerUnavailableError("throttled: ThrottlingException", secret_id="db")
 
 
-def plan(budget: RetryBudget | None = None):
-    return login_plan(OLD, secret_id="db", budget=budget or RetryBudget(), rng=random.Random(1))
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def plan(budget: RetryBudget | None = None, clock: FakeClock | None = None, start=OLD):
+    return login_plan(
+        start,
+        secret_id="db",
+        budget=budget or RetryBudget(),
+        rng=random.Random(1),
+        clock=clock or FakeClock(),
+    )
+
+
+# -- classification -------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
     "message",
     [
+        # PostgreSQL
         'connection to server at "127.0.0.1", port 5432 failed: FATAL:  password '
         'authentication failed for user "x"',
         'FATAL:  role "x" is not permitted to log in',
         'FATAL:  PAM authentication failed for user "x"',
+        'FATAL:  role "x" does not exist',
+        # PgBouncer
+        "FATAL:  SASL authentication failed",
+        "FATAL:  no such user",
+        # RDS Proxy
+        "FATAL: This RDS proxy has no credentials for the role app_a. Check the credentials "
+        "for this role and try again.",
+        # libpq's sslmode=prefer appends the plaintext attempt's error to the refusal
+        'FATAL:  password authentication failed for user "x"\nconnection to server at '
+        '"127.0.0.1", port 5432 failed: FATAL:  no pg_hba.conf entry for host "127.0.0.1", '
+        'user "x", database "x", no encryption',
     ],
 )
-def test_server_messages_of_a_refused_login_are_rejections(message):
+def test_known_wordings_of_a_refused_login_are_refusals(message):
+    assert classify_login_error(OSError(message)) is Failure.REFUSED
     assert is_login_rejection(OSError(message))
 
 
 @pytest.mark.parametrize(
     "message",
     [
-        'connection to server at "127.0.0.1", port 1 failed: Connection refused',
-        "timeout expired",
-        'could not translate host name "nope" to address',
-        "FATAL:  sorry, too many clients already",
+        "connection failed: FATAL:  the gatekeeper does not like you today",
+        "FATAL:  access to this tenant is suspended",
+        "ERROR:  login denied by policy 42",
+        "FATAL:  Zugang verweigert für Benutzer »app«",  # a server with German lc_messages
     ],
 )
-def test_network_and_capacity_errors_are_not_rejections(message):
-    assert not is_login_rejection(OSError(message))
+def test_wordings_no_list_foresaw_are_unrecognised_not_ignored(message):
+    assert classify_login_error(OSError(message)) is Failure.UNRECOGNISED
 
 
-def test_sqlstate_28p01_and_28000_are_rejections_whatever_the_message():
-    error = OSError("opaque")
-    error.sqlstate = "28P01"  # type: ignore[attr-defined]
-    assert is_login_rejection(error)
-    error.sqlstate = "28000"  # type: ignore[attr-defined]
-    assert is_login_rejection(error)
-    error.sqlstate = "53300"  # type: ignore[attr-defined]
-    assert not is_login_rejection(error)
+@pytest.mark.parametrize(
+    "message",
+    [
+        'connection to server at "127.0.0.1", port 1 failed: Connection refused',
+        "connection timeout expired",
+        'could not translate host name "db.invalid" to address: Name or service not known',
+        "FATAL:  sorry, too many clients already",
+        "FATAL:  the database system is starting up",
+        "FATAL:  the database system is shutting down",
+        'FATAL:  database "nope" does not exist',
+        'FATAL:  no pg_hba.conf entry for host "127.0.0.1", user "x", database "x", no encryption',
+        "FATAL: This RDS Proxy requires TLS connections",
+        "server closed the connection unexpectedly",
+        "SSL error: certificate verify failed",
+    ],
+)
+def test_network_capacity_state_and_tls_errors_are_transient(message):
+    assert classify_login_error(OSError(message)) is Failure.TRANSIENT
+
+
+def _error_with(sqlstate: str, message: str = "opaque") -> OSError:
+    error = OSError(message)
+    error.sqlstate = sqlstate  # type: ignore[attr-defined]
+    return error
+
+
+def test_sqlstate_class_28_is_a_refusal_whatever_the_message():
+    assert classify_login_error(_error_with("28P01")) is Failure.REFUSED
+    assert classify_login_error(_error_with("28000")) is Failure.REFUSED
+
+
+def test_capacity_and_shutdown_sqlstates_are_transient():
+    for sqlstate in ("53300", "57P03", "57P01", "3D000"):
+        assert classify_login_error(_error_with(sqlstate)) is Failure.TRANSIENT
+
+
+def test_class_08_alone_is_not_transient():
+    # PgBouncer reports its own refusals as 08P01 to drivers that read a SQLSTATE.
+    assert classify_login_error(_error_with("08P01")) is Failure.UNRECOGNISED
+    assert classify_login_error(_error_with("08P01", "no such user")) is Failure.REFUSED
+
+
+def test_pg8000_style_error_fields_are_read():
+    error = Exception({"S": "FATAL", "C": "28P01", "M": "nope"})
+    assert classify_login_error(error) is Failure.REFUSED
 
 
 def test_a_wrapped_driver_error_is_recognised_through_orig():
-    wrapper = RuntimeError("(psycopg.OperationalError) wrapped")
+    wrapper = RuntimeError("(psycopg.OperationalError) see orig")
     wrapper.orig = REFUSED  # type: ignore[attr-defined]
     assert is_login_rejection(wrapper)
 
 
+CAPTURED = Path(__file__).parent / "data" / "connect_errors.json"
+
+
+@pytest.mark.skipif(not CAPTURED.exists(), reason="no captured error texts")
+def test_errors_captured_on_the_real_bed_are_classified_as_recorded():
+    """Texts recorded from the real PostgreSQL/PgBouncer (tests/data/connect_errors.json)."""
+    cases = json.loads(CAPTURED.read_text())
+    assert cases
+    for case in cases:
+        error = OSError(case["message"])
+        if case.get("sqlstate"):
+            error.sqlstate = case["sqlstate"]  # type: ignore[attr-defined]
+        assert classify_login_error(error).value == case["expected"], case["situation"]
+
+
+# -- the plan -----------------------------------------------------------------------------
+
+
 def test_a_successful_first_login_asks_for_nothing_else():
     steps = plan()
-    assert next(steps) == Connect(OLD)
+    assert next(steps) == Connect(OLD, 20)
     with pytest.raises(StopIteration):
         steps.send(None)
 
 
-def test_a_rejection_refetches_at_once_and_logs_in_with_what_it_gets():
+def test_a_refusal_refetches_at_once_and_logs_in_with_what_it_gets():
     steps = plan()
     next(steps)
-    assert steps.send(REFUSED) == Refetch(OLD)  # no Wait before the first refetch
-    assert steps.send(NEW) == Connect(NEW)
+    assert steps.send(REFUSED) == Refetch(OLD, 18.0, REFUSED_REUSE_SECONDS)
+    assert steps.send(NEW) == Connect(NEW, 20)
 
 
-def test_an_error_that_is_not_a_rejection_is_raised_as_is_without_refetching():
+def test_a_transient_error_is_raised_as_is_without_refetching():
     steps = plan()
     next(steps)
-    refused_port = OSError("Connection refused")
     with pytest.raises(OSError) as raised:
-        steps.send(refused_port)
-    assert raised.value is refused_port
+        steps.send(REFUSED_PORT)
+    assert raised.value is REFUSED_PORT
 
 
-def test_nothing_new_waits_with_growing_capped_jittered_delays_then_gives_up():
+def test_nothing_new_waits_and_logs_in_again_with_the_same_credentials():
+    # A pooler or proxy may learn the new password after the secret has it.
+    steps = plan(RetryBudget(rounds=3, base_delay=0.1, max_delay=0.3))
+    next(steps)
+    assert isinstance(steps.send(REFUSED), Refetch)
+    wait = steps.send(None)
+    assert isinstance(wait, Wait) and 0.05 <= wait.seconds <= 0.1
+    assert steps.send(None) == Connect(OLD, 20)
+    assert isinstance(steps.send(REFUSED), Refetch)  # the next round refetches (reuse window)
+
+
+def test_delays_grow_capped_and_jittered_then_the_plan_gives_up():
     budget = RetryBudget(rounds=5, base_delay=0.1, max_delay=0.3)
     steps = plan(budget)
     next(steps)
@@ -94,19 +209,21 @@ def test_nothing_new_waits_with_growing_capped_jittered_delays_then_gives_up():
     waits = []
     with pytest.raises(LoginRejectedError) as raised:
         while True:
-            assert action == Refetch(OLD)
+            assert isinstance(action, Refetch) and action.rejected == OLD
             action = steps.send(None)
             assert isinstance(action, Wait)
             waits.append(action.seconds)
-            action = steps.send(None)
-    assert len(waits) == budget.rounds - 1
-    ceilings = [0.1, 0.2, 0.3, 0.3]
+            assert steps.send(None) == Connect(OLD, 20)
+            action = steps.send(REFUSED)
+    ceilings = [0.1, 0.2, 0.3, 0.3, 0.3]
+    assert len(waits) == budget.rounds
     for wait, ceiling in zip(waits, ceilings, strict=True):
         assert ceiling / 2 <= wait <= ceiling
     assert sum(waits) <= budget.max_total_delay()
     error = raised.value
     assert error.__cause__ is REFUSED
     assert (error.secret_id, error.version_id, error.username) == ("db", "v1", "app_a")
+    assert error.attempts == 6
     assert "old-pw" not in str(error)
 
 
@@ -114,29 +231,147 @@ def test_fetch_errors_are_retried_within_the_budget_and_named_when_giving_up():
     steps = plan(RetryBudget(rounds=2, base_delay=0, max_delay=0))
     next(steps)
     steps.send(REFUSED)
-    throttled = SecretsManagerUnavailableError("throttled: ThrottlingException", secret_id="db")
-    assert isinstance(steps.send(throttled), Wait)
-    assert steps.send(None) == Refetch(OLD)
+    assert isinstance(steps.send(THROTTLED), Wait)
+    assert steps.send(None) == Connect(OLD, 20)
+    assert isinstance(steps.send(REFUSED), Refetch)
+    assert isinstance(steps.send(THROTTLED), Wait)
+    assert steps.send(None) == Connect(OLD, 20)
     with pytest.raises(LoginRejectedError, match="ThrottlingException"):
-        steps.send(throttled)
+        steps.send(REFUSED)
 
 
-def test_new_credentials_that_are_refused_too_lead_to_another_round():
+def test_new_credentials_refused_too_lead_to_another_refetch_at_once():
     steps = plan()
     next(steps)
     steps.send(REFUSED)
-    assert steps.send(NEW) == Connect(NEW)
-    assert isinstance(steps.send(NOLOGIN), Wait)
-    assert steps.send(None) == Refetch(NEW)
+    assert steps.send(NEW) == Connect(NEW, 20)
+    assert steps.send(NOLOGIN) == Refetch(NEW, 18.0, REFUSED_REUSE_SECONDS)
+
+
+def test_an_unrecognised_fatal_checks_the_secret_once_and_uses_what_is_new():
+    steps = plan()
+    next(steps)
+    assert steps.send(ODD_FATAL) == Refetch(OLD, 18.0, UNRECOGNISED_REUSE_SECONDS)
+    assert steps.send(NEW) == Connect(NEW, 20)
+    with pytest.raises(StopIteration):
+        steps.send(None)
+
+
+def test_an_unrecognised_fatal_with_nothing_new_is_raised_at_once():
+    steps = plan()
+    next(steps)
+    steps.send(ODD_FATAL)
+    with pytest.raises(OSError) as raised:
+        steps.send(None)
+    assert raised.value is ODD_FATAL
+
+
+def test_an_unrecognised_fatal_then_a_refusal_of_new_credentials_recovers_as_usual():
+    steps = plan()
+    next(steps)
+    steps.send(ODD_FATAL)
+    steps.send(NEW)
+    assert isinstance(steps.send(NOLOGIN), Refetch)
+
+
+# -- first load -----------------------------------------------------------------------------
+
+
+def test_without_credentials_the_plan_loads_first():
+    steps = plan(start=None)
+    assert steps.send(None) == Load(18.0)
+    assert steps.send(OLD) == Connect(OLD, 20)
+
+
+def test_a_throttled_first_load_is_retried_with_backoff():
+    steps = plan(start=None)
+    next(steps)
+    wait = steps.send(THROTTLED)
+    assert isinstance(wait, Wait)
+    assert isinstance(steps.send(None), Load)
+    assert steps.send(OLD) == Connect(OLD, 20)
+
+
+def test_a_first_load_that_cannot_succeed_is_raised_at_once():
+    missing = SecretNotFoundError("no such secret", secret_id="db")
+    steps = plan(start=None)
+    next(steps)
+    with pytest.raises(SecretNotFoundError):
+        steps.send(missing)
+
+
+# -- the deadline ---------------------------------------------------------------------------
+
+
+def test_each_step_gets_only_the_time_left():
+    clock = FakeClock()
+    steps = plan(RetryBudget(deadline=10), clock)
+    assert next(steps) == Connect(OLD, 10)
+    clock.now = 3.5  # the first login took 3.5 s
+    refetch = steps.send(REFUSED)
+    assert refetch == Refetch(OLD, 4.5, REFUSED_REUSE_SECONDS)  # leaves 2 s for a login
+    clock.now = 6.2
+    assert steps.send(NEW) == Connect(NEW, 3)  # whole seconds, rounded down
+
+
+def test_no_login_starts_with_less_than_two_seconds_left_and_the_error_says_so():
+    clock = FakeClock()
+    steps = plan(RetryBudget(deadline=10), clock)
+    next(steps)
+    clock.now = 9.0
+    with pytest.raises(LoginRejectedError, match=r"in 9\.0 s .*deadline 10 s"):
+        steps.send(REFUSED)
+
+
+def test_a_wait_that_would_overrun_the_deadline_is_not_started():
+    clock = FakeClock()
+    steps = plan(RetryBudget(deadline=3, base_delay=2, max_delay=2), clock)
+    next(steps)
+    assert isinstance(steps.send(REFUSED), Refetch)
+    with pytest.raises(LoginRejectedError):
+        steps.send(None)  # a 1-2 s wait would leave less than one login
+
+
+def test_a_first_load_that_keeps_failing_gives_up_at_the_deadline_naming_it():
+    clock = FakeClock()
+    steps = plan(RetryBudget(deadline=6), clock, start=None)
+    action = next(steps)
+    with pytest.raises(SecretsManagerUnavailableError, match=r"deadline 6 s") as raised:
+        while True:
+            if isinstance(action, Load):
+                clock.now += action.timeout  # each read hangs until its time-out
+                action = steps.send(THROTTLED)
+            else:
+                clock.now += action.seconds
+                action = steps.send(None)
+    assert clock.now <= 6
+    assert raised.value.__cause__ is THROTTLED
+
+
+# -- the budget's own checks -------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{"rounds": 0}, {"base_delay": -1}, {"base_delay": 3, "max_delay": 1}]
+    "kwargs",
+    [
+        {"rounds": 0},
+        {"rounds": 2.5},
+        {"rounds": True},
+        {"base_delay": -1},
+        {"base_delay": 3, "max_delay": 1},
+        {"max_delay": math.nan},
+        {"max_delay": math.inf},
+        {"base_delay": "0.1"},
+        {"deadline": 1},
+        {"deadline": math.inf},
+    ],
 )
-def test_an_impossible_budget_is_a_configuration_error(kwargs):
-    with pytest.raises(ConfigurationError):
+def test_an_impossible_budget_is_a_configuration_error_at_once(kwargs):
+    with pytest.raises(ConfigurationError, match="RetryBudget"):
         RetryBudget(**kwargs)
 
 
-def test_the_default_budget_gives_up_within_ten_seconds_of_waiting():
-    assert 5 < RetryBudget().max_total_delay() < 10
+def test_the_default_budget_stays_below_thirty_seconds():
+    budget = RetryBudget()
+    assert budget.deadline < 30  # SQLAlchemy's pool_timeout, gunicorn's worker timeout
+    assert budget.max_total_delay() < budget.deadline

@@ -1,45 +1,62 @@
-"""CredentialStore with a fake source: single-flight, refresh, stale values."""
+"""CredentialStore with a fake source: single-flight reads, deadlines, refresh, stale values."""
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
+
+import pytest
 
 from rotating_pool import CredentialStore, SecretsManagerUnavailableError
-from rotating_pool.secret import AWSCURRENT, AWSPENDING, Credentials
+from rotating_pool.errors import RotatingPoolError
+from rotating_pool.secret import AWSPENDING, Credentials
 
 A1 = Credentials("app_a", "pw-1", version_id="v1")
 B2 = Credentials("app_b", "pw-2", version_id="v2")
 A3 = Credentials("app_a", "pw-3", version_id="v3", stage=AWSPENDING)
+WAIT = 10.0  # the longest any test waits for an event that must come
 
 
 class FakeSource:
-    """A secret in memory; `gate` (when set) holds every fetch until opened."""
+    """A secret in memory. `gate`, when set, holds every read until opened."""
 
     secret_id = "db"
 
     def __init__(self) -> None:
-        self.stages: dict[str, Credentials] = {AWSCURRENT: A1}
-        self.cached: Credentials | BaseException = A1
-        self.fetches: list[str] = []
+        self.current = A1
+        self.pending: Credentials | None = None
+        self.error: BaseException | None = None
+        self.reads: list[str] = []
         self.gate: threading.Event | None = None
+        self.entered = threading.Event()
         self.lock = threading.Lock()
 
-    def fetch(self, stage: str) -> Credentials | None:
+    def _enter(self, what: str) -> None:
         with self.lock:
-            self.fetches.append(stage)
+            self.reads.append(what)
+        self.entered.set()
         if self.gate is not None:
-            self.gate.wait(10)
-        return self.stages.get(stage)
+            assert self.gate.wait(WAIT), "the test never opened the gate"
+        if self.error is not None:
+            raise self.error
 
     def load(self) -> Credentials:
-        current = self.fetch(AWSCURRENT)
-        assert current is not None
-        return current
+        self._enter("load")
+        return self.current
 
-    def read_cached(self) -> Credentials:
-        if isinstance(self.cached, BaseException):
-            raise self.cached
-        return self.cached
+    def poll(self, held: Credentials) -> Credentials | None:
+        self._enter("poll")
+        return None if self.current == held else self.current
+
+    def newer(
+        self, rejected: Credentials, refused: Sequence[str | None], *, use_pending: bool
+    ) -> Credentials | None:
+        self._enter("newer")
+        for candidate in (self.current, self.pending if use_pending else None):
+            if candidate is None or candidate == rejected or candidate.version_id in refused:
+                continue
+            return candidate
+        return None
 
     def after_fork(self) -> None:
         pass
@@ -53,142 +70,264 @@ class FakeClock:
         return self.now
 
 
-def store_with(source: FakeSource, **kwargs) -> CredentialStore:
-    return CredentialStore(source, **kwargs)
+def loaded_store(source: FakeSource, **kwargs) -> CredentialStore:
+    store = CredentialStore(source, **kwargs)
+    assert store.current(WAIT) == A1
+    source.reads.clear()
+    return store
 
 
-def test_nothing_is_fetched_until_first_use_then_once():
+def in_threads(count: int, target) -> list[object]:
+    results: list[object] = [None] * count
+
+    def run(i: int) -> None:
+        results[i] = target()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    return threads, results
+
+
+def joined(threads, within: float = WAIT) -> None:
+    for thread in threads:
+        thread.join(within)
+        assert not thread.is_alive(), "a thread did not finish in time"
+
+
+# -- first load -----------------------------------------------------------------------------
+
+
+def test_nothing_is_read_until_first_use_then_once():
     source = FakeSource()
-    store = store_with(source)
-    assert source.fetches == []
-    assert store.current() == A1
-    assert store.current() == A1
-    assert source.fetches == [AWSCURRENT]
+    store = CredentialStore(source)
+    assert source.reads == []
+    assert store.held() is None
+    assert store.current(WAIT) == A1
+    assert store.current(WAIT) == A1
+    assert source.reads == ["load"]
+
+
+def test_concurrent_first_loads_share_one_read():
+    source = FakeSource()
+    source.gate = threading.Event()
+    store = CredentialStore(source)
+    threads, results = in_threads(8, lambda: store.current(WAIT))
+    assert source.entered.wait(WAIT)
+    source.gate.set()
+    joined(threads)
+    assert results == [A1] * 8
+    assert source.reads == ["load"]
+    assert store.stats().loads == 1
+
+
+def test_concurrent_first_loads_share_one_failure_too_and_the_next_caller_reads_again():
+    source = FakeSource()
+    source.gate = threading.Event()
+    source.error = SecretsManagerUnavailableError("ThrottlingException", secret_id="db")
+    store = CredentialStore(source)
+    threads, results = in_threads(8, lambda: store.answer(store.join_load(), WAIT, blocking=True))
+    assert source.entered.wait(WAIT)
+    source.gate.set()
+    joined(threads)
+    assert all(result is source.error for result in results)
+    assert source.reads == ["load"]
+    source.error = None
+    assert store.current(WAIT) == A1
+    assert source.reads == ["load", "load"]
+
+
+def test_a_waiter_stops_waiting_at_its_deadline_while_the_read_hangs():
+    source = FakeSource()
+    source.gate = threading.Event()
+    store = CredentialStore(source)
+    answer = store.answer(store.join_load(), 0.2, blocking=True)
+    assert isinstance(answer, SecretsManagerUnavailableError)
+    assert "did not answer within 0.2 s" in str(answer)
+    source.gate.set()  # the read finishes later and still lands
+    assert store.current(WAIT) == A1
+    assert source.reads == ["load"]
+
+
+def test_a_read_that_cannot_get_a_thread_answers_an_error_instead_of_hanging(monkeypatch):
+    store = CredentialStore(FakeSource())
+
+    def no_thread(self):
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(threading.Thread, "start", no_thread)
+    flight = store.join_load()
+    assert flight.done.is_set()
+    assert isinstance(flight.answer, RotatingPoolError)
+    assert store._load_flight is None  # the next caller tries again
+
+
+# -- refetch --------------------------------------------------------------------------------
 
 
 def test_a_moved_awscurrent_is_returned_and_becomes_current():
     source = FakeSource()
-    store = store_with(source)
-    store.current()
-    source.stages[AWSCURRENT] = B2
-    assert store.refetch(A1) == B2
-    assert store.current() == B2
-    assert source.fetches == [AWSCURRENT, AWSCURRENT]
+    store = loaded_store(source)
+    source.current = B2
+    assert store.refetch(A1, WAIT) == B2
+    assert store.held() == B2
+    assert source.reads == ["newer"]
 
 
 def test_awspending_is_offered_when_awscurrent_has_not_moved():
     source = FakeSource()
-    source.stages[AWSPENDING] = A3
-    store = store_with(source)
-    store.current()
-    assert store.refetch(A1) == A3
-    assert source.fetches == [AWSCURRENT, AWSCURRENT, AWSPENDING]
+    store = loaded_store(source)
+    source.pending = A3
+    assert store.refetch(A1, WAIT) == A3
 
 
 def test_awspending_is_not_offered_when_switched_off():
     source = FakeSource()
-    source.stages[AWSPENDING] = A3
-    store = store_with(source, use_pending=False)
-    store.current()
-    assert store.refetch(A1) is None
+    store = loaded_store(source, use_pending=False)
+    source.pending = A3
+    assert store.refetch(A1, WAIT) is None
 
 
-def test_a_caller_refused_with_superseded_credentials_gets_the_new_ones_without_a_fetch():
+def test_versions_refused_lately_are_not_offered_again():
     source = FakeSource()
-    store = store_with(source)
-    store.current()
-    source.stages[AWSCURRENT] = B2
-    store.refetch(A1)
-    fetched = len(source.fetches)
-    assert store.refetch(A1) == B2
-    assert len(source.fetches) == fetched
+    store = loaded_store(source)
+    source.pending = A3
+    assert store.refetch(A1, WAIT) == A3
+    source.pending = None
+    source.current = A1  # A3 refused too: AWSCURRENT is A1, which was refused before
+    assert store.refetch(A3, WAIT) is None
 
 
-def test_concurrent_refusals_share_one_fetch():
+def test_a_caller_refused_with_superseded_credentials_gets_the_new_ones_without_a_read():
     source = FakeSource()
-    store = store_with(source)
-    store.current()
-    source.stages[AWSCURRENT] = B2
+    store = loaded_store(source)
+    source.current = B2
+    assert store.refetch(A1, WAIT) == B2
+    assert store.refetch(A1, WAIT) == B2
+    assert source.reads == ["newer"]
+
+
+def test_concurrent_refusals_share_one_read():
+    source = FakeSource()
+    store = loaded_store(source)
     source.gate = threading.Event()
-    answers: list[object] = []
-    threads = [
-        threading.Thread(target=lambda: answers.append(store.refetch(A1))) for _ in range(16)
-    ]
-    for thread in threads:
-        thread.start()
-    # The leader is inside fetch; wait until the other 15 have joined its flight.
-    joined = threading.Event()
-    while not joined.wait(0.01):
-        if store.stats().refetch_joins == 15:
-            joined.set()
+    source.current = B2
+    threads, results = in_threads(16, lambda: store.refetch(A1, WAIT))
+    assert source.entered.wait(WAIT)
     source.gate.set()
-    for thread in threads:
-        thread.join(10)
-    assert answers == [B2] * 16
-    assert source.fetches == [AWSCURRENT, AWSCURRENT]
-    assert (store.stats().refetches, store.stats().refetch_joins) == (1, 15)
+    joined(threads)
+    assert results == [B2] * 16
+    assert source.reads == ["newer"]
+    stats = store.stats()
+    assert stats.refetches == 1
+    assert stats.refetch_joins + stats.refetches <= 16
 
 
-def test_a_fetch_error_is_an_answer_shared_by_every_waiter():
+def test_a_read_error_is_an_answer_shared_by_every_waiter_and_not_reused():
     source = FakeSource()
-    store = store_with(source)
-    store.current()
-    down = SecretsManagerUnavailableError("down", secret_id="db")
-
-    def failing_fetch(stage: str) -> Credentials | None:
-        raise down
-
-    source.fetch = failing_fetch  # type: ignore[method-assign]
-    assert store.refetch(A1) is down
-    assert store.current() == A1  # the last good credentials stay in use
-
-
-def test_a_due_refresh_runs_in_the_background_and_adopts_what_the_cache_learned():
-    source = FakeSource()
-    clock = FakeClock()
-    store = store_with(source, refresh_interval=100, clock=clock)
-    store.current()
-    source.cached = B2
-    clock.now = 30  # past the poll interval (a quarter of the TTL)
-    assert store.current() == A1  # the caller does not wait for the refresh
-    deadline = threading.Event()
-    while store.stats().background_refreshes == 0 and not deadline.wait(0.01):
-        pass
-    assert store.current() == B2
+    store = loaded_store(source)
+    source.gate = threading.Event()
+    source.error = SecretsManagerUnavailableError("ThrottlingException", secret_id="db")
+    threads, results = in_threads(4, lambda: store.refetch(A1, WAIT, reuse_for=60))
+    assert source.entered.wait(WAIT)
+    source.gate.set()
+    joined(threads)
+    assert all(result is source.error for result in results)
+    source.error = None
+    source.gate = None
+    assert store.refetch(A1, WAIT, reuse_for=60) is None
+    assert source.reads == ["newer", "newer"]
 
 
-def test_the_cache_remembering_an_older_value_does_not_undo_a_recovery():
+def test_nothing_new_is_reused_within_the_window_without_a_read():
     source = FakeSource()
     clock = FakeClock()
-    store = store_with(source, refresh_interval=100, clock=clock)
-    store.current()
-    clock.now = 30
-    store.current()  # first refresh: the cache says A1
-    waiter = threading.Event()
-    while store.stats().background_refreshes < 1 and not waiter.wait(0.01):
-        pass
-    source.stages[AWSCURRENT] = B2
-    assert store.refetch(A1) == B2  # a recovery moved on; the cache still says A1
-    clock.now = 60
-    store.current()
-    while store.stats().background_refreshes < 2 and not waiter.wait(0.01):
-        pass
-    assert store.current() == B2
+    store = loaded_store(source, clock=clock)
+    assert store.refetch(A1, WAIT, reuse_for=60) is None
+    clock.now = 59
+    assert store.refetch(A1, WAIT, reuse_for=60) is None
+    assert source.reads == ["newer"]
+    assert store.stats().refetch_reuses == 1
+    clock.now = 61
+    assert store.refetch(A1, WAIT, reuse_for=60) is None
+    assert source.reads == ["newer", "newer"]
+
+
+# -- background refresh -----------------------------------------------------------------------
+
+
+def test_new_connections_do_not_wait_for_a_due_refresh():
+    source = FakeSource()
+    clock = FakeClock()
+    store = loaded_store(source, clock=clock, refresh_interval=10)
+    source.gate = threading.Event()  # the refresh's read hangs until the end of the test
+    clock.now = 11
+    threads, results = in_threads(8, store.held)
+    joined(threads, within=2.0)  # returned while the refresh's read is still held
+    assert results == [A1] * 8
+    assert source.entered.wait(WAIT)
+    assert source.reads == ["poll"]  # one refresh, however many callers saw it due
+    source.gate.set()
+
+
+def test_a_due_refresh_adopts_a_new_awscurrent():
+    source = FakeSource()
+    clock = FakeClock()
+    store = loaded_store(source, clock=clock, refresh_interval=10)
+    source.current = B2
+    clock.now = 11
+    store.held()
+    assert _eventually(lambda: store.held() == B2)
+    assert store.stats().background_refreshes == 1
 
 
 def test_a_failed_refresh_keeps_the_credentials_in_use():
     source = FakeSource()
     clock = FakeClock()
-    store = store_with(source, refresh_interval=100, clock=clock)
-    store.current()
-    source.cached = SecretsManagerUnavailableError("down", secret_id="db")
-    clock.now = 30
-    assert store.current() == A1
-    assert store.current() == A1
+    store = loaded_store(source, clock=clock, refresh_interval=10)
+    source.error = SecretsManagerUnavailableError("Secrets Manager is down", secret_id="db")
+    clock.now = 11
+    assert store.held() == A1
+    assert _eventually(lambda: store.stats().failed_refreshes == 1)
+    assert store.held() == A1
+    assert store.stats().background_refreshes == 0
+
+
+def test_a_refresh_never_undoes_a_recovery_made_meanwhile():
+    source = FakeSource()
+    clock = FakeClock()
+    store = loaded_store(source, clock=clock, refresh_interval=10)
+    source.gate = threading.Event()
+    source.current = B2
+    clock.now = 11
+    store.held()  # the poll starts from A1 and hangs
+    assert source.entered.wait(WAIT)
+    store.confirm(A3)  # a refusal meanwhile recovered with AWSPENDING
+    source.gate.set()
+    assert _eventually(lambda: store.stats().background_refreshes == 1)
+    assert store.held() == A3
 
 
 def test_repr_shows_no_password():
     source = FakeSource()
-    store = store_with(source)
-    store.current()
+    store = loaded_store(source)
     assert "pw-1" not in repr(store)
+
+
+def _eventually(condition) -> bool:
+    """Poll `condition` until true, within WAIT: the refresh thread signals nothing."""
+    tick = threading.Event()
+    for _ in range(int(WAIT / 0.01)):
+        if condition():
+            return True
+        tick.wait(0.01)
+    return False
+
+
+@pytest.mark.parametrize("interval", [10.0])
+def test_refresh_times_are_jittered_between_half_and_all_of_the_interval(interval):
+    source = FakeSource()
+    store = loaded_store(source, refresh_interval=interval)
+    delays = {store._poll_delay(interval) for _ in range(50)}
+    assert all(interval / 2 <= d <= interval for d in delays)
+    assert len(delays) > 1
