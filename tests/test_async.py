@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections import Counter
 
@@ -263,3 +264,63 @@ def test_async_engines_keep_the_cached_credentials_while_secrets_manager_is_down
     users = asyncio.run(scenario())
     assert len(users) >= 10
     assert set(users) == {app_schema.users[0]}  # the cached user, now AWSPREVIOUS
+
+
+def test_secrets_manager_hung_while_the_database_refuses_fails_within_the_deadline_async(
+    make_secret, app_schema, postgres, via_proxy
+):
+    arn = make_secret("single")
+    budget = RetryBudget(deadline=6)
+
+    async def scenario():
+        engine = rotating_pool.create_async_engine(URL, secret_id=arn, retry=budget)
+        await session_user(engine)
+        await engine.dispose()
+        set_password(postgres, app_schema.users[0], "changed-behind-our-back")
+        via_proxy.hang()
+        ticks = 0
+
+        async def ticker():
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.05)
+                ticks += 1
+
+        ticking = asyncio.create_task(ticker())
+        started = time.monotonic()
+        try:
+            with pytest.raises(LoginRejectedError, match=r"deadline 6 s") as raised:
+                await session_user(engine)
+        finally:
+            ticking.cancel()
+            await engine.dispose()
+        return time.monotonic() - started, ticks, raised.value
+
+    elapsed, ticks, error = asyncio.run(scenario())
+    assert elapsed < budget.deadline + 2
+    assert ticks > elapsed / 0.05 / 2  # the loop kept running all the while
+    assert "did not answer within" in str(error)
+
+
+def test_an_async_first_load_that_cannot_start_a_read_fails_instead_of_hanging(
+    make_secret, monkeypatch
+):
+    arn = make_secret()
+    real_start = threading.Thread.start
+
+    def refuse_read_threads(self):
+        if self.name.startswith("rotating_pool-"):
+            raise RuntimeError("can't start new thread")
+        real_start(self)
+
+    monkeypatch.setattr(threading.Thread, "start", refuse_read_threads)
+
+    async def scenario():
+        engine = rotating_pool.create_async_engine(URL, secret_id=arn, retry=RetryBudget(rounds=1))
+        try:
+            with pytest.raises(rotating_pool.RotatingPoolError, match="cannot start a read"):
+                await asyncio.wait_for(session_user(engine), 10)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(scenario())
