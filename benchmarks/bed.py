@@ -38,8 +38,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Bed", "Rotations", "Secret", "counting_proxy", "hold_window", "start_bed"]
 
-# The pace of FACTS.md's peer measurement: a Lambda takes about a second between
-# setSecret and finishSecret, and the benchmarks rotate every 2 s.
+# A modelled pace: 1 s between setSecret and finishSecret stands for a Lambda's
+# separate invocations, and the benchmarks rotate every 2 s.
 ROTATION_EVERY = 2.0
 ROTATION_WINDOW = 1.0
 

@@ -1,6 +1,6 @@
 """5. Failures under rotation: three clients, both strategies, the same load.
 
-The load of FACTS.md's peer table: 16 writer threads, one row per
+The load: 16 writer threads, one row per
 transaction, pool_size 16, pool_recycle 0.5 s (new logins are frequent), a
 rotation every 2 s with 1 s between setSecret and finishSecret. Each client
 runs alone on the machine (one after the other) on a fresh secret, so none

@@ -44,7 +44,9 @@ THREADS_PER_WORKER = 2
 POOL_RECYCLE = 0.5
 THINK_SECONDS = 0.1
 GOAL_LONGEST_STALL_S = 2.0
-# AWS Secrets Manager quotas per account and region (FACTS.md).
+# AWS Secrets Manager quotas per account and region, as AWS announced them on
+# 4 March 2025 (benchmarks/README.md quotes the quotas page's wording too):
+# https://aws.amazon.com/about-aws/whats-new/2025/03/aws-secrets-manager-increases-api-requests-seconds/
 GET_SECRET_VALUE_TPS = 10_000
 DESCRIBE_SECRET_TPS = 40_000
 TASKS = 10_000

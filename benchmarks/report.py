@@ -160,6 +160,17 @@ def _fleet(r: dict[str, Any]) -> Rows:
     )
 
 
+def _rotation_steps(r: dict[str, Any]) -> Rows:
+    for label, column in r["columns"].items():
+        total = column["steps"]["total"]
+        yield (
+            f"{label}, all four steps",
+            f"{total['p50_ms']:.0f} ms (p95 {total['p95_ms']:.0f}), "
+            f"{column['calls']['total']:g} Secrets Manager calls",
+        )
+    yield ("one SCRAM login (p50)", _ms(r["login"]["p50_ms"]))
+
+
 SECTIONS: dict[str, tuple[str, Callable[[dict[str, Any]], Rows]]] = {
     "connect": ("1. connect overhead (new connection)", _connect),
     "checkout": ("2. pooled checkout + SELECT 1", _checkout),
@@ -168,6 +179,7 @@ SECTIONS: dict[str, tuple[str, Callable[[dict[str, Any]], Rows]]] = {
     "api_calls": ("4. Secrets Manager calls", _api_calls),
     "failures": ("5. failures under rotation (16 threads, 2 s rotations)", _failures),
     "fleet": ("6. fleet, single-user, throttled", _fleet),
+    "rotation_steps": ("7. rotation steps (the rotation side)", _rotation_steps),
 }
 
 

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import benchmarks.rotation_steps as rotation_steps
 from benchmarks import api_calls, checkout, connect, failures, fleet, latency, recovery
 from benchmarks.bed import Bed, start_bed
 from benchmarks.machine import describe, load_average
@@ -37,6 +38,7 @@ BENCHMARKS: dict[str, Any] = {
     "api_calls": api_calls,
     "failures": failures,
     "fleet": fleet,
+    "rotation_steps": rotation_steps,
 }
 
 

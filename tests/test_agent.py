@@ -464,6 +464,19 @@ def test_the_stand_in_labels_every_answer_and_checks_the_token_as_the_agent_does
     assert json.loads(document["SecretString"])["username"]
 
 
+def test_the_stand_in_takes_the_token_in_either_header_the_agent_reads_by_default(
+    make_secret, agent
+):
+    # The agent's documented default ssrf_headers: X-Aws-Parameters-Secrets-Token, X-Vault-Token.
+    query = f"/secretsmanager/get?secretId={make_secret()}"
+    statuses = [
+        raw_get(agent, query, {header: token})[0]
+        for header in (TOKEN_HEADER, "X-Vault-Token")
+        for token in (agent.token, "nope")
+    ]
+    assert statuses == [200, 403, 200, 403]
+
+
 def test_the_stand_in_caches_for_its_ttl_by_query(make_secret, secretsmanager, sm_client):
     arn = make_secret()
     with LocalAgent(secretsmanager.client(), port=0, ttl=1.0) as agent:

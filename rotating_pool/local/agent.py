@@ -52,6 +52,8 @@ DEFAULT_TTL = 300.0
 _HISTORY = 10_000  # requests remembered by `history`
 _GET_PATH = "/secretsmanager/get"
 _PARAMETERS = frozenset({"secretId", "versionId", "versionStage", "refreshNow"})
+# The agent's default ``ssrf_headers``: it accepts the token in either.
+_TOKEN_HEADERS = (TOKEN_HEADER, "X-Vault-Token")
 
 
 class AgentRequest(NamedTuple):
@@ -95,8 +97,9 @@ class LocalAgent(LocalService):
       (secretId, versionId, versionStage) whose entries live `ttl` seconds;
       ``refreshNow=true`` reads Secrets Manager whatever the cache holds and
       stores the answer.
-    - The header ``X-Aws-Parameters-Secrets-Token`` must equal `token`: a
-      missing or wrong one is answered ``403 Bad Token``, and a request with
+    - The header ``X-Aws-Parameters-Secrets-Token`` (or ``X-Vault-Token``, the
+      agent's other default) must equal `token`: a missing or wrong one is
+      answered ``403 Bad Token``, and a request with
       ``X-Forwarded-For`` ``400 Forwarded``, as the agent does (some clients
       and docs expect 401; `AgentSource` treats both alike).
     - Secrets Manager's errors are passed on with AWS's status and a JSON body
@@ -281,9 +284,12 @@ class LocalAgent(LocalService):
         if headers.get("X-Forwarded-For") is not None:
             failure = _Failure(400, "Forwarded")
         else:
-            given = headers.get(TOKEN_HEADER)
-            if given is not None and secrets.compare_digest(given.encode(), self._token.encode()):
-                return None
+            for header in _TOKEN_HEADERS:
+                given = headers.get(header)
+                if given is not None and secrets.compare_digest(
+                    given.encode(), self._token.encode()
+                ):
+                    return None
             failure = _Failure(403, "Bad Token")
         with self._lock:
             self._rejected += 1

@@ -3,8 +3,9 @@
 A rotation step needs to know *why* a login failed: a rejected password means
 "try the next credential", anything else (refused port, timeout, too many
 clients) means "stop, the database is not there". psycopg gives no SQLSTATE
-for connection errors (FACTS.md: `.sqlstate` is None, `diag` empty), so the
-server's FATAL message is what tells them apart.
+for connection errors: `.sqlstate` is None and `diag` empty, although the
+server sent 28P01 (https://github.com/psycopg/psycopg/issues/1188, open), so
+the server's FATAL message is what tells them apart.
 """
 
 from __future__ import annotations

@@ -3,9 +3,12 @@
 ``ALTER ROLE`` cannot take a bind parameter for the password, so the statement
 text holds it, and with ``log_statement = 'all'`` the server log holds the
 statement. Sending a SCRAM-SHA-256 verifier computed by libpq on the client
-(``PQencryptPasswordConn``) instead keeps the plaintext out of the statement,
-the log and ``pg_stat_activity``; the server stores the verifier as is and the
-plaintext logs in (FACTS.md).
+(``PQencryptPasswordConn``, which libpq documents for exactly this use:
+https://www.postgresql.org/docs/current/libpq-misc.html) instead keeps the
+plaintext out of the statement, the log and ``pg_stat_activity``; the server
+stores the verifier as is and the plaintext logs in (testSecret logs in with it
+after every rotation in tests/test_rotation_rotate.py, and
+test_no_plaintext_password_reaches_the_server_log reads the server log).
 """
 
 from __future__ import annotations

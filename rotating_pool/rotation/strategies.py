@@ -157,7 +157,8 @@ class SingleUser:
             )
         with conn:
             # With `ALTER ROLE user SET ROLE group` in force, current_user is
-            # the group and "ALTER ROLE user PASSWORD" is denied (FACTS.md).
+            # the group, and an ordinary role may change only its own password
+            # (PostgreSQL's SET ROLE and ALTER ROLE pages): denied.
             conn.execute("SET ROLE NONE")
             set_password(
                 conn, new.username, new.password, grant_login=False, secret_id=ctx.secret_id

@@ -1,8 +1,9 @@
 """The Secrets Manager calls a rotation makes on one secret.
 
-Every read names its version explicitly (a stage or a version id): moto's
-GetSecretValue without a stage can return a stale value (FACTS.md), and a
-rotation must never act on a version it did not mean.
+Every read names its version explicitly (a stage or a version id): moto
+5.2.5's GetSecretValue without a stage keeps returning the old version after
+AWSCURRENT moves (the test bed patches it: `rotating_pool.local._moto_main`),
+and a rotation must never act on a version it did not mean.
 """
 
 from __future__ import annotations
