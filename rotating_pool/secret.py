@@ -117,7 +117,7 @@ def parse_credentials(
             return None
         if not isinstance(value, str):
             raise fail(key, f"must be a string, not {type(value).__name__}")
-        if not value.strip():
+        if not value or (key != "password" and not value.strip()):
             # An empty host makes libpq use a local socket, an empty dbname the
             # user's name: never what a secret means.
             raise fail(key, "is empty: leave it out or give a value")

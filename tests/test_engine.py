@@ -435,3 +435,25 @@ def test_a_forked_child_reads_secrets_manager_with_its_own_client_after_a_rotati
     assert os.read(reader, 2) == b"ok"
     assert os.waitstatus_to_exitcode(status) == 0
     assert via_proxy.calls == {"DescribeSecret": 1, "GetSecretValue": 1}  # the child's recovery
+
+
+def test_new_connections_complete_while_a_background_refresh_is_held(make_secret, via_proxy):
+    arn = make_secret()
+    engine = rotating_pool.create_engine(
+        URL, secret_id=arn, refresh_interval=1, poolclass=sqlalchemy.pool.NullPool
+    )
+    who(engine)
+    store = rotating_pool.credential_store(engine)
+    store._next_poll = 0.0  # the refresh is due now
+    via_proxy.hold("DescribeSecret")  # ...and its call hangs until released below
+    try:
+        who(engine)  # sees the refresh due and starts it
+        assert via_proxy.wait_held(1, timeout=10)
+        for _ in range(5):
+            who(engine)  # five new DBAPI connections while the refresh is held
+        assert via_proxy.calls["DescribeSecret"] == 1
+        stats = rotating_pool.stats(engine)
+        assert stats.background_refreshes == stats.failed_refreshes == 0  # still in flight
+    finally:
+        via_proxy.release()
+    assert rotating_pool.stats(engine).logins == 7

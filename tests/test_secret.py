@@ -48,6 +48,9 @@ def test_the_password_is_not_in_repr_or_str():
         (json.dumps({**GOOD, "port": "s3cr3t-pw"}), "port", "port number"),
         (json.dumps({**GOOD, "port": 70000}), "port", "port number"),
         (json.dumps({**GOOD, "host": ["s3cr3t-pw"]}), "host", "string"),
+        (json.dumps({**GOOD, "port": "²"}), "port", "port number"),  # str.isdigit() says yes
+        (json.dumps({**GOOD, "host": ""}), "host", "empty"),  # libpq: the local socket
+        (json.dumps({**GOOD, "dbname": " "}), "dbname", "empty"),  # libpq: dbname = user
     ],
 )
 def test_a_malformed_secret_names_the_key_and_the_secret_never_a_value(secret_string, key, says):
