@@ -642,7 +642,9 @@ def print_summary(summary: Summary, chart: Path) -> None:
     print(
         f"  agent stand-in         {summary.agent_requests:8,d}  requests, "
         f"{summary.agent_refreshes:,d} with refreshNow=true, "
-        f"{summary.agent_upstream:,d} Secrets Manager reads"
+        f"{summary.agent_upstream:,d} Secrets Manager reads "
+        f"({summary.agent_upstream / max(len(summary.rotations), 1):.2f} per rotation, "
+        f"{summary.workers} worker processes behind one agent)"
     )
     print(
         f"  gunicorn               {summary.workers:8d}  workers (--preload), "
