@@ -107,6 +107,7 @@ _TRANSIENT_MESSAGE = re.compile(
     r"|too many clients|remaining connection slots are reserved|no more connections allowed"
     r"|the database system is (starting up|shutting down|in recovery mode|not yet accepting)"
     r"|terminating connection due to administrator command|cannot connect now"
+    r"|server login has been failing|cannot connect to server|pooler is shut ?down"
     r"|database \".*\" does not exist"
     r"|no pg_hba\.conf entry|requires? (tls|ssl)|ssl connection is required|\bssl\b|\btls\b"
     r"|certificate|sslmode|server does not support",

@@ -111,6 +111,9 @@ def test_wordings_no_list_foresaw_are_unrecognised_not_ignored(message):
         "FATAL: This RDS Proxy requires TLS connections",
         "server closed the connection unexpectedly",
         "SSL error: certificate verify failed",
+        # PgBouncer failing to log in to its server (its auth_query's login), with 08P01
+        "FATAL:  server login has been failing, try again later (server_login_retry)",
+        "FATAL:  pgbouncer cannot connect to server",
     ],
 )
 def test_network_capacity_state_and_tls_errors_are_transient(message):

@@ -90,12 +90,17 @@ def test_create_engine_survives_rotations_under_load(
 
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["alternating", "single"])
-def test_attach_and_session_survive_rotations_under_load(make_secret, sm_client, strategy):
+def test_attach_and_session_survive_rotations_under_load(
+    make_secret, sm_client, proxy, monkeypatch, strategy
+):
     arn = make_secret(strategy)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_SECRETS_MANAGER", proxy.endpoint_url)
     engine = sqlalchemy.create_engine(URL, pool_size=8, pool_recycle=0.2)
     rotating_pool.attach(engine, secret_id=arn)
     load, result, recovered = run_rotations(engine, arn, ROTATIONS, sm_client, use_session=True)
     assert_survived(load, result, recovered, strategy)
+    assert proxy.calls["GetSecretValue"] <= 1 + ROTATIONS, dict(proxy.calls)
+    assert proxy.calls["DescribeSecret"] <= ROTATIONS, dict(proxy.calls)
     engine.dispose()
 
 
