@@ -358,7 +358,10 @@ class _ConnectHook:
             params = connect_params(
                 cparams, credentials, self.dbname_key, (self.timeout_key, timeout)
             )
-            return dialect.connect(*cargs, **params)
+            connection = dialect.connect(*cargs, **params)
+            if dialect.driver == "pg8000":
+                _keep_pg8000_timeout(connection, cparams.get("timeout"))
+            return connection
 
         return connect_with_recovery(self.store, self.budget, login, self.waits)
 
@@ -392,6 +395,19 @@ def connect_params(
         if mine is None or mine <= 0 or mine > seconds:
             params[key] = seconds  # libpq: 0 means "wait forever"
     return params
+
+
+def _keep_pg8000_timeout(connection: Any, given: object) -> None:
+    """Give a pg8000 connection back the socket time-out the application chose.
+
+    pg8000's ``timeout`` is its socket's time-out for the connection's whole
+    life, not only the login's: left at the login's bound, any statement
+    running longer would fail. psycopg's, psycopg2's (libpq's
+    ``connect_timeout``) and asyncpg's ``timeout`` apply to the login only.
+    """
+    sock = getattr(connection, "_usock", None)
+    if sock is not None:
+        sock.settimeout(_seconds(given))
 
 
 def _seconds(value: object) -> float | None:

@@ -457,3 +457,13 @@ def test_new_connections_complete_while_a_background_refresh_is_held(make_secret
     finally:
         via_proxy.release()
     assert rotating_pool.stats(engine).logins == 7
+
+
+def test_pg8000_statements_are_not_bounded_by_the_login_time_out(make_secret):
+    pytest.importorskip("pg8000")
+    engine = rotating_pool.create_engine(
+        "postgresql+pg8000://", secret_id=make_secret(), retry=RetryBudget(deadline=2.5)
+    )
+    rotating_pool.credential_store(engine).current()  # the first read, outside the deadline
+    with engine.connect() as conn:  # the login had 2 s; the socket keeps no time-out after it
+        assert conn.execute(text("SELECT pg_sleep(3), 1")).one()[1] == 1
