@@ -26,6 +26,14 @@ def postgres() -> Iterator[LocalPostgres]:
 
 
 @pytest.fixture(scope="session")
+def tls_postgres() -> Iterator[LocalPostgres]:
+    """A PostgreSQL 15 server that serves TLS only (certificate for 127.0.0.1
+    signed by its own CA, `ca_path`), for the whole session."""
+    with LocalPostgres(tls=True) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
 def secretsmanager() -> Iterator[LocalSecretsManager]:
     """moto's Secrets Manager for the whole session; its env() is in os.environ meanwhile."""
     with LocalSecretsManager() as server, pytest.MonkeyPatch.context() as patch:

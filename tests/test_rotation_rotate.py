@@ -2,6 +2,8 @@
 
 Each test deploys its own roles, database and secrets (`deploy`), rotates,
 and checks the database and the secret's labels, the way an operator would.
+The server serves TLS only and every rotation login verifies it (verify-full
+against the bed's CA): the secrets carry no ``ssl`` key.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from rotating_pool.rotation import (
     RotationConfigError,
     RotationNotEnabledError,
     Rotator,
+    SecuritySettings,
     StepOutcome,
     TokenNotFoundError,
     TokenNotPendingError,
@@ -48,6 +51,12 @@ class Deployment:
     schema: AppSchema
     admin_arn: str
     strategy: str
+
+
+@pytest.fixture
+def postgres(tls_postgres: LocalPostgres) -> LocalPostgres:
+    """Here the server is the TLS bed."""
+    return tls_postgres
 
 
 @pytest.fixture
@@ -79,8 +88,8 @@ def deploy(postgres: LocalPostgres, sm_client: Any) -> Callable[..., Deployment]
 
 
 @pytest.fixture
-def rotator(sm_client: Any) -> Rotator:
-    return Rotator(sm_client)
+def rotator(sm_client: Any, tls_postgres: LocalPostgres) -> Rotator:
+    return Rotator(sm_client, security=SecuritySettings(ssl_root_cert=str(tls_postgres.ca_path)))
 
 
 # -- helpers -------------------------------------------------------------------
@@ -558,12 +567,15 @@ def test_no_plaintext_password_reaches_the_server_log(
 
 
 @pytest.fixture
-def lambda_env(secretsmanager: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+def lambda_env(
+    secretsmanager: Any, tls_postgres: LocalPostgres, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The environment a deployed function would have, pointed at the test bed."""
     for name, value in secretsmanager.env().items():
         monkeypatch.setenv(name, value)
-    for name in ("EXCLUDE_CHARACTERS", "PASSWORD_LENGTH", "CONNECT_TIMEOUT"):
+    for name in ("EXCLUDE_CHARACTERS", "PASSWORD_LENGTH", "CONNECT_TIMEOUT", "ALLOWED_HOSTS"):
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SSL_ROOT_CERT", str(tls_postgres.ca_path))
 
 
 def invoke(secret_id: str, token: str, step: str) -> None:

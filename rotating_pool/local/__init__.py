@@ -12,20 +12,29 @@ Debian's packages.
 - `LocalAgent`: a local stand-in (not AWS's) for the Secrets Manager Agent
   sidecar: its HTTP protocol on 127.0.0.1, with a cache, in front of an endpoint.
 - `WriteLoad`: writer threads committing one row per transaction, counting.
+- `HostileServer`: a stand-in (not PostgreSQL) for an attacker's server that
+  asks for a cleartext password and records what it gets, or a dead one that
+  never answers.
+- `CertificateAuthority`: a throwaway CA for `LocalPostgres(tls=True)`.
 """
 
 from rotating_pool.local.agent import LocalAgent
+from rotating_pool.local.hostile import HostileServer, StartupRecord
 from rotating_pool.local.postgres import AppSchema, LocalPostgres
 from rotating_pool.local.proxy import FaultProxy
 from rotating_pool.local.secretsmanager import LocalSecretsManager
+from rotating_pool.local.tls import CertificateAuthority
 from rotating_pool.local.workload import WriteLoad, WriteLoadResult, static_url
 
 __all__ = [
     "AppSchema",
+    "CertificateAuthority",
     "FaultProxy",
+    "HostileServer",
     "LocalAgent",
     "LocalPostgres",
     "LocalSecretsManager",
+    "StartupRecord",
     "WriteLoad",
     "WriteLoadResult",
     "static_url",

@@ -1,5 +1,10 @@
 """A throwaway PostgreSQL 15 server, from Debian's packages, on 127.0.0.1.
 
+With ``tls=True`` it serves TLS only (``ssl = on``, ``hostssl``-only
+``pg_hba.conf``) with a certificate for 127.0.0.1 signed by a CA made at start
+(`ca_path`); its secret documents then carry no ``ssl`` key, so the rotation
+side verifies it. A plain server's documents say ``"ssl": false``.
+
 >>> with LocalPostgres() as pg:  # doctest: +SKIP
 ...     schema = pg.create_app_schema()
 ...     with pg.admin_connect() as conn:
@@ -33,6 +38,7 @@ from rotating_pool.local._process import (
     free_port,
     log_tail,
 )
+from rotating_pool.local.tls import CertificateAuthority
 
 __all__ = ["PG_BIN", "AppSchema", "LocalPostgres"]
 
@@ -96,6 +102,8 @@ class AppSchema:
         passwords: user name -> password (kept out of repr).
         host: the server's address.
         port: the server's port.
+        tls: whether the server serves TLS only (its documents then carry no
+            ``ssl`` key; otherwise ``"ssl": false``).
     """
 
     role: str
@@ -104,6 +112,7 @@ class AppSchema:
     passwords: dict[str, str] = field(repr=False)
     host: str
     port: int
+    tls: bool = False
 
     def secret_document(self, strategy: str, masterarn: str | None = None) -> dict[str, Any]:
         """Return the RDS-style JSON secret for `users[0]`.
@@ -125,6 +134,8 @@ class AppSchema:
             "password": self.passwords[user],
             "rotation_strategy": strategy,
         }
+        if not self.tls:
+            document["ssl"] = False
         if strategy == "alternating":
             document["rotation_role"] = self.role
             document["rotation_users"] = list(self.users)
@@ -145,6 +156,9 @@ class LocalPostgres(LocalService):
         max_connections: the server's `max_connections` (the default 100 is
             too few for many writers with a short pool_recycle).
         settings: more `-c name=value` server settings.
+        tls: serve TLS only, with a certificate for 127.0.0.1 (not for
+            ``localhost``) signed by a CA made at start; clients verify it
+            against `ca_path`.
 
     Runs `initdb` and `postgres` directly as an ordinary user, and as the
     unprivileged `postgres` OS user when run as root (they refuse root).
@@ -157,8 +171,10 @@ class LocalPostgres(LocalService):
         port: int | None = None,
         max_connections: int = 400,
         settings: dict[str, str] | None = None,
+        tls: bool = False,
     ) -> None:
         self._given_directory = directory
+        self._tls = tls
         self._port = port
         self._max_connections = max_connections
         self._settings = dict(settings or {})
@@ -184,6 +200,25 @@ class LocalPostgres(LocalService):
         return self._directory
 
     @property
+    def tls(self) -> bool:
+        """Whether the server serves TLS only."""
+        return self._tls
+
+    @property
+    def ca_path(self) -> Path:
+        """The CA certificate (PEM) that signs the server's certificate (TLS only)."""
+        if not self._tls:
+            raise RuntimeError("this LocalPostgres has no TLS: make it with tls=True")
+        return self.directory / "ca.pem"
+
+    def tls_params(self) -> dict[str, Any]:
+        """libpq parameters that verify this server (``verify-full`` against
+        `ca_path`); empty for a plain server."""
+        if not self._tls:
+            return {}
+        return {"sslmode": "verify-full", "sslrootcert": str(self.ca_path)}
+
+    @property
     def log_path(self) -> Path:
         """The server's log file (its stderr)."""
         return self.directory / "postgres.log"
@@ -196,6 +231,8 @@ class LocalPostgres(LocalService):
         try:
             self._prepare_directory()
             self._initdb()
+            if self._tls:
+                self._set_up_tls()
             self._launch()
             self._wait_until_ready()
         except BaseException:
@@ -237,11 +274,13 @@ class LocalPostgres(LocalService):
             dbname=dbname,
             autocommit=True,
             connect_timeout=10,
+            **self.tls_params(),
         )
 
     def admin_document(self) -> dict[str, Any]:
-        """Return the RDS-style JSON secret of the superuser, for database `postgres`."""
-        return {
+        """Return the RDS-style JSON secret of the superuser, for database `postgres`
+        (with ``"ssl": false`` for a plain server)."""
+        document: dict[str, Any] = {
             "engine": "postgres",
             "host": self.host,
             "port": self.port,
@@ -249,6 +288,9 @@ class LocalPostgres(LocalService):
             "username": self.admin_user,
             "password": self.admin_password,
         }
+        if not self._tls:
+            document["ssl"] = False
+        return document
 
     def create_app_schema(
         self,
@@ -283,6 +325,7 @@ class LocalPostgres(LocalService):
             passwords=passwords,
             host=self.host,
             port=self.port,
+            tls=self._tls,
         )
 
     def _prepare_directory(self) -> None:
@@ -342,6 +385,30 @@ class LocalPostgres(LocalService):
         if result.returncode != 0:
             tail = "\n".join(result.stdout.splitlines()[-30:])
             raise RuntimeError(f"initdb failed with exit code {result.returncode}:\n{tail}")
+
+    def _set_up_tls(self) -> None:
+        """A CA and a server certificate for 127.0.0.1, ``ssl = on`` and a
+        pg_hba.conf that accepts TCP logins over TLS only."""
+        directory = self.directory
+        ca = CertificateAuthority.create(f"rotating_pool LocalPostgres CA {self.port}")
+        ca.write_cert(directory / "ca.pem")
+        cert, key = directory / "server.crt", directory / "server.key"
+        ca.issue_server_cert([self.host], cert, key)
+        (directory / "data" / "pg_hba.conf").write_text(
+            "# rotating_pool LocalPostgres(tls=True): TCP logins over TLS only\n"
+            "local   all  all                scram-sha-256\n"
+            "hostssl all  all  127.0.0.1/32  scram-sha-256\n"
+        )
+        as_user = _server_user_options()
+        if as_user:
+            for path in (cert, key, directory / "ca.pem", directory / "data" / "pg_hba.conf"):
+                os.chown(path, as_user["user"], as_user["group"])
+        self._settings = {
+            "ssl": "on",
+            "ssl_cert_file": str(cert),
+            "ssl_key_file": str(key),
+            **self._settings,
+        }
 
     def _launch(self) -> None:
         directory = self.directory

@@ -30,6 +30,7 @@ from rotating_pool.local._process import (
 )
 
 if TYPE_CHECKING:
+    from mypy_boto3_rds import RDSClient
     from mypy_boto3_secretsmanager import SecretsManagerClient
 
 __all__ = ["LocalSecretsManager"]
@@ -44,6 +45,13 @@ _STOP_TIMEOUT = 10.0
 
 class LocalSecretsManager(LocalService):
     """moto's Secrets Manager served over HTTP by a child process on 127.0.0.1.
+
+    The same server answers moto's RDS API (`rds_client`, ``AWS_ENDPOINT_URL_RDS``
+    in `env`): ``CreateDBInstance`` / ``CreateDBCluster`` give fake
+    ``*.rds.amazonaws.com`` endpoints (never resolve them), and
+    ``ManageMasterUserPassword=True`` makes the master secret with its
+    ``aws:rds:primaryDBInstanceArn`` tag. Unlike AWS, moto 5.2 also lets a user
+    put ``aws:``-prefixed tags on a secret, so tests can tag a secret as RDS would.
 
     The child (`rotating_pool.local._moto_main`) patches moto where it departs
     from AWS: moving AWSCURRENT changes what GetSecretValue returns;
@@ -75,6 +83,7 @@ class LocalSecretsManager(LocalService):
         """Environment variables that point boto3 (and AWS SDKs) at this server."""
         return {
             "AWS_ENDPOINT_URL_SECRETS_MANAGER": self.endpoint_url,
+            "AWS_ENDPOINT_URL_RDS": self.endpoint_url,
             "AWS_DEFAULT_REGION": REGION,
             "AWS_ACCESS_KEY_ID": DUMMY_KEY,
             "AWS_SECRET_ACCESS_KEY": DUMMY_KEY,
@@ -95,6 +104,16 @@ class LocalSecretsManager(LocalService):
             aws_access_key_id=DUMMY_KEY,
             aws_secret_access_key=DUMMY_KEY,
             config=config,
+        )
+
+    def rds_client(self) -> RDSClient:
+        """Make a boto3 `rds` client for this server (moto's RDS API)."""
+        return boto3.session.Session().client(
+            "rds",
+            endpoint_url=self.endpoint_url,
+            region_name=REGION,
+            aws_access_key_id=DUMMY_KEY,
+            aws_secret_access_key=DUMMY_KEY,
         )
 
     def start(self) -> LocalSecretsManager:

@@ -26,15 +26,22 @@ from rotating_pool.rotation.bootstrap import (
     bootstrap_sql,
 )
 from rotating_pool.rotation.errors import (
+    AdminHostError,
+    AuthenticationMethodError,
     DatabaseLoginError,
     DatabaseUnavailableError,
     LoginAttempt,
     PasswordChangeError,
+    PrivilegedRoleError,
     RoleSetupError,
     RotationConfigError,
     RotationError,
     RotationNotEnabledError,
     RotationStateError,
+    RotationTakenOverError,
+    SettingsMismatchError,
+    StepDeadlineError,
+    TLSSetupError,
     TokenNotFoundError,
     TokenNotPendingError,
 )
@@ -45,6 +52,7 @@ from rotating_pool.rotation.rotator import (
     RotationResult,
     Rotator,
 )
+from rotating_pool.rotation.security import SecuritySettings
 from rotating_pool.rotation.settings import RotationSettings, Strategy
 from rotating_pool.rotation.status import SecretStatus, UserStatus, VersionStatus, secret_status
 from rotating_pool.rotation.strategies import StepOutcome
@@ -52,12 +60,15 @@ from rotating_pool.rotation.strategies import StepOutcome
 __all__ = [
     "DEFAULT_EXCLUDE_CHARACTERS",
     "STEPS",
+    "AdminHostError",
+    "AuthenticationMethodError",
     "BootstrapPlan",
     "BootstrapReport",
     "DatabaseLoginError",
     "DatabaseUnavailableError",
     "LoginAttempt",
     "PasswordChangeError",
+    "PrivilegedRoleError",
     "RoleSetupError",
     "RotationConfigError",
     "RotationError",
@@ -65,10 +76,15 @@ __all__ = [
     "RotationResult",
     "RotationSettings",
     "RotationStateError",
+    "RotationTakenOverError",
     "Rotator",
     "SecretStatus",
+    "SecuritySettings",
+    "SettingsMismatchError",
+    "StepDeadlineError",
     "StepOutcome",
     "Strategy",
+    "TLSSetupError",
     "TokenNotFoundError",
     "TokenNotPendingError",
     "UserStatus",

@@ -3,13 +3,19 @@
 The roles, as the seed system has them::
 
     app      NOLOGIN   owns the objects; has CONNECT on the database and
-                       USAGE, CREATE on the schema
+                       USAGE, CREATE on the schema (nothing else)
     app_a    LOGIN     member of app, with `ALTER ROLE app_a SET role = 'app'`
     app_b    LOGIN     the same (alternating only)
 
 With the ``SET role`` default, a session of app_a or app_b runs as ``app``:
 whatever either user creates is owned by ``app`` and usable by the other, so
 the users can take turns without any object changing hands.
+
+Before it changes anything, the script checks the roles that already exist
+(`privilege_check_sql`): it refuses a role that is a superuser or has
+CREATEROLE, CREATEDB, REPLICATION or BYPASSRLS, or is a member (directly or
+not) of such a role, of ``rds_superuser`` or of a ``pg_*`` role; a role that is
+the admin itself; and a group role that can log in.
 
 Every statement is idempotent (the ``CREATE ROLE`` ones are guarded by ``DO``
 blocks), so the script can be re-run, printed (``--print-sql``) and run by
@@ -23,22 +29,30 @@ import dataclasses
 import json
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import psycopg
 from psycopg import sql
 
 from rotating_pool.errors import SecretNotFoundError
-from rotating_pool.rotation.database import login, try_login
-from rotating_pool.rotation.errors import RotationConfigError, RotationStateError
+from rotating_pool.rotation.database import Login, LoginOptions, login, try_login
+from rotating_pool.rotation.errors import (
+    PrivilegedRoleError,
+    RotationConfigError,
+    RotationStateError,
+)
+from rotating_pool.rotation.hosts import AdminLogin, admin_login
 from rotating_pool.rotation.password import set_password
-from rotating_pool.rotation.rotator import DEFAULT_EXCLUDE_CHARACTERS
+from rotating_pool.rotation.rotator import DEFAULT_EXCLUDE_CHARACTERS, make_rds_client
+from rotating_pool.rotation.security import SecuritySettings
 from rotating_pool.rotation.settings import Strategy, check_role_name
 from rotating_pool.rotation.versions import SecretVersions, random_password
 from rotating_pool.secret import AWSCURRENT, AWSPENDING, Credentials
 
 if TYPE_CHECKING:
+    from mypy_boto3_rds import RDSClient
     from mypy_boto3_secretsmanager import SecretsManagerClient
 
 __all__ = [
@@ -47,6 +61,7 @@ __all__ = [
     "bootstrap",
     "bootstrap_sql",
     "create_database_sql",
+    "privilege_check_sql",
 ]
 
 logger = logging.getLogger("rotating_pool.rotation")
@@ -65,7 +80,8 @@ class BootstrapPlan:
         users: the login users; two for alternating, one for single. Default:
             ``<role>_a`` and ``<role>_b`` (alternating) or ``<role>_a`` (single).
         host, port, dbname: where the app connects; each defaults to the admin
-            secret's.
+            secret's (its server, for an RDS-managed one). A `host` must be the
+            admin's server, a replica of it, or an allowed host name.
         schema: the schema the group role may create objects in.
         create_database: create `dbname` first if it does not exist (owned by
             the admin; the group role gets CONNECT and the schema grants).
@@ -131,15 +147,20 @@ class BootstrapReport:
 def bootstrap_sql(
     role: str, users: Sequence[str], dbname: str, schema: str = "public"
 ) -> list[str]:
-    """The idempotent statements that set up the roles, as text.
+    """The idempotent statements that set up the roles, as text: first the
+    privilege check (`privilege_check_sql`), then roles and grants.
 
     Names are quoted with `psycopg.sql.Identifier` / `Literal`; any name works.
+    The grants are what the scheme needs and no more: CONNECT (the users log in
+    to the database as members of the role), USAGE and CREATE on the schema (the
+    role creates and owns the objects). TEMPORARY is not granted: PUBLIC has it
+    by default; grant it yourself where it was revoked and the app needs it.
 
     >>> print(bootstrap_sql("app", ["app_a"], "appdb")[-1])
     GRANT USAGE, CREATE ON SCHEMA "public" TO "app";
     """
     role_id = sql.Identifier(role)
-    statements = [_create_role_if_missing(role, login=False)]
+    statements = [privilege_check_sql(role, users), _create_role_if_missing(role, login=False)]
     for user in users:
         user_id = sql.Identifier(user)
         statements += [
@@ -151,7 +172,7 @@ def bootstrap_sql(
         ]
     statements += [
         _render(
-            sql.SQL("GRANT CONNECT, TEMPORARY ON DATABASE {} TO {};").format(
+            sql.SQL("GRANT CONNECT ON DATABASE {} TO {};").format(
                 sql.Identifier(dbname), role_id
             )
         ),
@@ -164,6 +185,49 @@ def bootstrap_sql(
     return statements
 
 
+def privilege_check_sql(role: str, users: Sequence[str]) -> str:
+    """A ``DO`` block that raises, changing nothing, if an existing role among
+    `role` and `users` must not be used: a superuser or a role with CREATEROLE,
+    CREATEDB, REPLICATION or BYPASSRLS; a member (directly or not) of such a
+    role, of ``rds_superuser`` or of a ``pg_*`` role; the admin running the
+    script (``session_user``); or a group role that can log in.
+
+    Membership of ``pg_database_owner`` (implicit for a database's owner) is
+    not refused: the group role may own the application's database.
+    """
+    names = sql.SQL(", ").join(sql.Literal(name) for name in [role, *users])
+    body = sql.SQL(
+        r"""DECLARE
+  problem text;
+BEGIN
+  SELECT string_agg(format('%I %s', r.rolname, r.why), '; ') INTO problem FROM (
+    SELECT r.rolname, concat_ws(', ',
+      CASE WHEN r.rolname = session_user THEN 'is the admin running this script' END,
+      CASE WHEN r.rolname = {role} AND r.rolcanlogin THEN 'is the group role but can log in' END,
+      CASE WHEN r.rolsuper THEN 'is a superuser' END,
+      CASE WHEN r.rolcreaterole THEN 'has CREATEROLE' END,
+      CASE WHEN r.rolcreatedb THEN 'has CREATEDB' END,
+      CASE WHEN r.rolreplication THEN 'has REPLICATION' END,
+      CASE WHEN r.rolbypassrls THEN 'has BYPASSRLS' END,
+      (SELECT 'is a member of ' || string_agg(quote_ident(m.rolname), ', ' ORDER BY m.rolname)
+         FROM pg_catalog.pg_roles m
+        WHERE m.oid <> r.oid AND m.rolname <> 'pg_database_owner'
+          AND pg_catalog.pg_has_role(r.oid, m.oid, 'MEMBER')
+          AND (m.rolsuper OR m.rolcreaterole OR m.rolcreatedb OR m.rolreplication
+               OR m.rolbypassrls OR m.rolname = 'rds_superuser' OR m.rolname LIKE 'pg\_%')
+      )) AS why
+    FROM pg_catalog.pg_roles r WHERE r.rolname IN ({names})
+  ) r WHERE r.why <> '';
+  IF problem IS NOT NULL THEN
+    RAISE EXCEPTION 'rotating-pool bootstrap refuses existing roles: %', problem
+      USING HINT = 'choose other names (--role, --users), or remove those attributes and '
+                   'memberships; nothing was changed';
+  END IF;
+END"""
+    ).format(role=sql.Literal(role), names=names)
+    return _do_block(_render(body))
+
+
 def bootstrap(
     plan: BootstrapPlan,
     client: SecretsManagerClient,
@@ -171,40 +235,53 @@ def bootstrap(
     password_length: int = 32,
     exclude_characters: str = DEFAULT_EXCLUDE_CHARACTERS,
     connect_timeout: float = 5.0,
+    security: SecuritySettings | None = None,
+    rds: Callable[[], RDSClient] | None = None,
 ) -> BootstrapReport:
     """Create the roles and create or update the app secret. Safe to re-run.
 
-    The app secret keeps its user and password when that password still logs
-    in; otherwise (or when the secret is new) the first user gets a new
-    password (set as a SCRAM verifier by the admin).
+    The admin logs in only to its own server (the admin secret's host, or the
+    RDS lookup for an RDS-managed secret); a `plan.host` must name that server,
+    a replica or an allowed host. The privilege check runs before anything
+    changes. The app secret keeps its user and password when that password
+    still logs in; otherwise (or when the secret is new) the first user gets a
+    new password (set as a SCRAM verifier by the admin).
 
     Raises:
+        AdminHostError: the admin secret names no server, or `plan.host` is
+            another one.
+        PrivilegedRoleError: an existing role must not be used (nothing changed).
         RotationStateError: a rotation of the app secret is unfinished.
-        DatabaseLoginError, DatabaseUnavailableError: the admin cannot log in.
+        DatabaseLoginError, DatabaseUnavailableError, TLSSetupError: the admin
+            cannot log in.
         rotating_pool.errors.SecretError: the admin secret is missing or malformed.
     """
+    security = security or SecuritySettings()
+    options = LoginOptions(security, connect_timeout)
     admin_versions = SecretVersions(client, plan.admin_secret_id)
     admin_arn = admin_versions.describe().arn
-    admin = admin_versions.read_required(AWSCURRENT).credentials
-    host = plan.host or admin.host
-    port = plan.port or admin.port
-    dbname = plan.dbname or admin.dbname or "postgres"
-    if plan.create_database:
-        _create_database_if_missing(
-            dataclasses.replace(admin, host=host, port=port),
-            dbname,
-            connect_timeout=connect_timeout,
-            secret_id=plan.admin_secret_id,
-        )
-    admin = Credentials(
-        username=admin.username, password=admin.password, host=host, port=port, dbname=dbname
+    admin = admin_login(
+        client,
+        plan.admin_secret_id,
+        rds or make_rds_client,
+        secret_id=plan.secret_name,
+        dbname=None,
     )
+    host = plan.host or admin.server.address.host
+    port = plan.port or admin.server.address.port
+    dbname = plan.dbname or admin.credentials.dbname or "postgres"
+    if plan.host:
+        admin.server.check_app_host(plan.secret_name, host, port, security, what="--host")
+    guard = privilege_check_sql(plan.role, plan.users)
+    if plan.create_database:
+        _create_database_if_missing(admin, dbname, guard, options, plan.admin_secret_id)
 
     statements = bootstrap_sql(plan.role, plan.users, dbname, plan.schema)
     conn = login(
-        admin,
+        dataclasses.replace(admin.credentials, dbname=dbname),
         source="admin secret AWSCURRENT",
-        connect_timeout=connect_timeout,
+        options=options,
+        use_tls=admin.use_tls,
         secret_id=plan.admin_secret_id,
     )
     with conn:
@@ -216,7 +293,7 @@ def bootstrap(
             )
         }
         for statement in statements:
-            conn.execute(sql.SQL(statement))
+            _run_checked(conn, statement)
         created = tuple(n for n in names if n not in existing)
         if created:
             logger.info("bootstrap: created roles %s", ", ".join(repr(n) for n in created))
@@ -229,13 +306,16 @@ def bootstrap(
             candidate = Credentials(
                 username=username,
                 password=str(previous.get("password", "")),
-                host=host,
-                port=port,
+                host=admin.server.address.host,
+                port=admin.server.address.port,
                 dbname=dbname,
             )
             if candidate.password:
                 probe, _ = try_login(
-                    candidate, source="app secret AWSCURRENT", connect_timeout=connect_timeout
+                    candidate,
+                    source="app secret AWSCURRENT",
+                    options=options,
+                    use_tls=admin.use_tls,
                 )
                 if probe is not None:
                     probe.close()
@@ -257,6 +337,8 @@ def bootstrap(
         "password": password,
         "rotation_strategy": plan.strategy.value,
         "rotation_role": plan.role,
+        # The same server as the admin's: TLS off only where the admin secret says so.
+        "ssl": None if admin.use_tls else False,
     }
     if plan.strategy is Strategy.ALTERNATING:
         document["rotation_users"] = list(plan.users)
@@ -304,16 +386,18 @@ def create_database_sql(dbname: str) -> str:
 
 
 def _create_database_if_missing(
-    admin: Credentials, dbname: str, *, connect_timeout: float, secret_id: str
+    admin: AdminLogin, dbname: str, guard: str, options: LoginOptions, secret_id: str
 ) -> None:
     # Connected to the admin's own database: the app's may not exist yet.
     conn = login(
-        admin,
+        admin.credentials,
         source="admin secret AWSCURRENT",
-        connect_timeout=connect_timeout,
+        options=options,
+        use_tls=admin.use_tls,
         secret_id=secret_id,
     )
     with conn:
+        _run_checked(conn, guard)  # nothing is created for roles that will be refused
         exists = conn.execute(
             "SELECT 1 FROM pg_catalog.pg_database WHERE datname = %s", [dbname]
         ).fetchone()
@@ -344,6 +428,17 @@ def _current_app_secret(versions: SecretVersions) -> dict[str, Any] | None:
     return None if current is None else current.document
 
 
+def _run_checked(conn: Login, statement: str) -> None:
+    """Run one bootstrap statement; the privilege check's refusal becomes
+    PrivilegedRoleError."""
+    try:
+        conn.execute(sql.SQL(statement))
+    except psycopg.errors.RaiseException as exc:
+        raise PrivilegedRoleError(
+            f"{exc.diag.message_primary} ({exc.diag.message_hint})", key="role"
+        ) from None
+
+
 def _create_role_if_missing(name: str, *, login: bool) -> str:
     check = sql.SQL(
         "IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = {}) THEN"
@@ -351,7 +446,10 @@ def _create_role_if_missing(name: str, *, login: bool) -> str:
     create = sql.SQL("CREATE ROLE {} {};").format(
         sql.Identifier(name), sql.SQL("LOGIN" if login else "NOLOGIN")
     )
-    body = f"BEGIN\n  {_render(check)}\n    {_render(create)}\n  END IF;\nEND"
+    return _do_block(f"BEGIN\n  {_render(check)}\n    {_render(create)}\n  END IF;\nEND")
+
+
+def _do_block(body: str) -> str:
     # Dollar quoting keeps the body readable; the tag is one the names cannot close.
     tag = "$rp$"
     while tag in body:

@@ -29,6 +29,7 @@ from rotating_pool.rotation.bootstrap import (
     create_database_sql,
 )
 from rotating_pool.rotation.rotator import _CLIENT_CONFIG, DEFAULT_EXCLUDE_CHARACTERS, Rotator
+from rotating_pool.rotation.security import SYSTEM_ROOT_CERT, SecuritySettings
 from rotating_pool.rotation.settings import Strategy
 from rotating_pool.rotation.status import secret_status
 from rotating_pool.rotation.versions import SecretVersions
@@ -129,6 +130,7 @@ def _parser() -> argparse.ArgumentParser:
         help="print the SQL instead of running anything (no password in it)",
     )
     _password_options(boot)
+    _security_options(boot)
     boot.set_defaults(run=_bootstrap)
 
     rotate = commands.add_parser(
@@ -151,6 +153,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     rotate.add_argument("--json", action="store_true", help="print the result as JSON")
     _password_options(rotate)
+    _security_options(rotate)
     rotate.set_defaults(run=_rotate)
 
     status = commands.add_parser(
@@ -164,6 +167,7 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--secret-id", required=True, help="the app secret's name or ARN")
     status.add_argument("--json", action="store_true", help="print JSON instead of tables")
     status.add_argument("--connect-timeout", type=float, default=5.0, metavar="SECONDS")
+    _security_options(status)
     status.set_defaults(run=_status)
     return parser
 
@@ -191,6 +195,39 @@ def _password_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _security_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--ssl-root-cert",
+        default=SYSTEM_ROOT_CERT,
+        metavar="PATH",
+        help="CA bundle that verifies the database's certificate (default: system, the OS's "
+        "trusted CAs; for RDS, the RDS CA bundle). Logins use sslmode=verify-full unless the "
+        'secret says "ssl": false',
+    )
+    parser.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a host name the app secret may name besides the admin's server and its "
+        "replicas (a CNAME, a custom endpoint); repeatable",
+    )
+    parser.add_argument(
+        "--allow-md5",
+        action="store_true",
+        help="also accept MD5 password authentication (old admin users); never cleartext",
+    )
+
+
+def _security(args: argparse.Namespace) -> SecuritySettings:
+    return SecuritySettings.from_names(
+        ssl_root_cert=args.ssl_root_cert,
+        allow_md5=args.allow_md5,
+        allowed_hosts=args.allowed_host,
+        root_cert_setting="--ssl-root-cert",
+    )
+
+
 def _bootstrap(args: argparse.Namespace) -> int:
     plan = BootstrapPlan(
         secret_name=args.secret_name,
@@ -210,10 +247,17 @@ def _bootstrap(args: argparse.Namespace) -> int:
             admin = SecretVersions(_client(), plan.admin_secret_id).read_required(AWSCURRENT)
             dbname = admin.credentials.dbname or "postgres"
         print(f"-- rotating-pool bootstrap: {plan.strategy.value} strategy, run as the admin")
+        print(
+            "-- first, a check that changes nothing: it fails on existing roles that are "
+            "privileged,\n-- members of privileged or pg_* roles, the admin itself, or a group "
+            "role that can log in"
+        )
+        check, *statements = bootstrap_sql(plan.role, plan.users, dbname, plan.schema)
+        print(check)
         if plan.create_database:
             print(f"-- only if the database does not exist yet:\n{create_database_sql(dbname)}")
-            print(f"-- then, connected to database {dbname!r}:")
-        for statement in bootstrap_sql(plan.role, plan.users, dbname, plan.schema):
+        print(f"-- then, connected to database {dbname!r}:")
+        for statement in statements:
             print(statement)
         print(
             f"-- then, unless the app secret's password still works, {plan.users[0]!r} gets a "
@@ -228,6 +272,7 @@ def _bootstrap(args: argparse.Namespace) -> int:
         password_length=args.password_length,
         exclude_characters=args.exclude_characters,
         connect_timeout=args.connect_timeout,
+        security=_security(args),
     )
     created = ", ".join(repr(r) for r in report.roles_created) or "none (all existed)"
     print(f"roles created: {created}")
@@ -245,6 +290,7 @@ def _rotate(args: argparse.Namespace) -> int:
         exclude_characters=args.exclude_characters,
         password_length=args.password_length,
         connect_timeout=args.connect_timeout,
+        security=_security(args),
     )
 
     def on_step(step: str, seconds: float) -> None:
@@ -282,7 +328,9 @@ def _rotate(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    status = secret_status(_client(), args.secret_id, connect_timeout=args.connect_timeout)
+    status = secret_status(
+        _client(), args.secret_id, connect_timeout=args.connect_timeout, security=_security(args)
+    )
     if args.json:
         print(json.dumps(status.to_json(), indent=2))
     else:

@@ -6,24 +6,34 @@ clients) means "stop, the database is not there". psycopg gives no SQLSTATE
 for connection errors: `.sqlstate` is None and `diag` empty, although the
 server sent 28P01 (https://github.com/psycopg/psycopg/issues/1188, open), so
 the server's FATAL message is what tells them apart.
+
+Every login goes through `try_login`, which adds the TLS and authentication
+rules of `security.SecuritySettings` (verify-full, ``require_auth``) and keeps
+within a `Deadline` (the Lambda's remaining time).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import time
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 
 from rotating_pool.rotation.errors import (
+    AuthenticationMethodError,
     DatabaseLoginError,
     DatabaseUnavailableError,
     LoginAttempt,
+    StepDeadlineError,
+    TLSSetupError,
 )
+from rotating_pool.rotation.security import SecuritySettings, check_libpq
 from rotating_pool.secret import Credentials
 
-__all__ = ["APPLICATION_NAME", "Login", "login", "try_login"]
+__all__ = ["APPLICATION_NAME", "Deadline", "Login", "LoginOptions", "login", "try_login"]
 
 logger = logging.getLogger("rotating_pool.rotation")
 
@@ -43,20 +53,100 @@ _REJECTED_MARKERS = (
     "no pg_hba.conf entry",
 )
 _REJECTED_SQLSTATES = frozenset({"28P01", "28000"})
+# libpq's words when TLS could not be set up or verified.
+_TLS_MARKERS = (
+    "SSL",
+    "certificate",
+    "sslrootcert",
+)
+# libpq's words when require_auth refused what the server asked for.
+_AUTH_METHOD_MARKER = "authentication method requirement"
+# psycopg's connect_timeout is in whole seconds and never less than 2.
+_MIN_CONNECT_TIMEOUT = 2
+# Time kept back from a deadline for the step to report its failure.
+_DEADLINE_RESERVE = 0.5
+
+
+@dataclass(frozen=True)
+class Deadline:
+    """When the step must be over (``time.monotonic()`` seconds), if ever.
+
+    >>> Deadline.after(None).seconds_left() is None
+    True
+    """
+
+    at: float | None = None
+
+    @classmethod
+    def after(cls, seconds: float | None) -> Deadline:
+        """A deadline `seconds` from now (None: no deadline)."""
+        return cls(None if seconds is None else time.monotonic() + seconds)
+
+    def seconds_left(self) -> float | None:
+        """Seconds until the deadline, None without one."""
+        return None if self.at is None else self.at - time.monotonic()
+
+    def login_timeout(self, configured: float, *, what: str) -> tuple[int, bool]:
+        """The connect timeout for a login now: the configured one, shrunk to the
+        time left. Returns (seconds, whether it was shrunk).
+
+        Raises:
+            StepDeadlineError: too little time is left for a login.
+        """
+        wanted = max(_MIN_CONNECT_TIMEOUT, math.ceil(configured))
+        left = self.seconds_left()
+        if left is None:
+            return wanted, False
+        whole = math.floor(left - _DEADLINE_RESERVE)
+        if whole < _MIN_CONNECT_TIMEOUT:
+            raise StepDeadlineError(
+                f"{what}: only {max(left, 0):.1f} s of the invocation's time are left, too little "
+                f"for a login (at least {_MIN_CONNECT_TIMEOUT} s); the step stops here and Secrets "
+                "Manager retries the rotation: give the Lambda a longer timeout, or a shorter "
+                "CONNECT_TIMEOUT"
+            )
+        return min(wanted, whole), whole < wanted
+
+
+@dataclass(frozen=True)
+class LoginOptions:
+    """How logins are made: the security rules, the timeout, the deadline.
+
+    Attributes:
+        security: TLS and authentication rules.
+        connect_timeout: seconds per login, before the deadline shrinks it.
+        deadline: when the step must be over.
+    """
+
+    security: SecuritySettings
+    connect_timeout: float = 5.0
+    deadline: Deadline = Deadline()
 
 
 def try_login(
-    credentials: Credentials, *, source: str, connect_timeout: float
+    credentials: Credentials, *, source: str, options: LoginOptions, use_tls: bool
 ) -> tuple[Login | None, LoginAttempt]:
     """Log in with `credentials`; return (connection or None, what happened).
 
     The connection is in autocommit mode. A rejected login returns None and the
     server's reason; every other failure raises.
 
+    Args:
+        use_tls: verified TLS (``sslmode=verify-full``); False only for a
+            secret that says ``"ssl": false``.
+
     Raises:
+        TLSSetupError: TLS could not be set up or the certificate not verified.
+        AuthenticationMethodError: the server asked for a cleartext (or MD5)
+            password; none was sent.
+        StepDeadlineError: too little time was left, or the login used it up.
         DatabaseUnavailableError: the server could not be reached or refused
             for a reason other than the credentials.
     """
+    check_libpq()
+    where = f"{credentials.host or 'localhost'}:{credentials.port or 5432}"
+    what = f"login to {where} as {credentials.username!r} from {source}"
+    timeout, shrunk = options.deadline.login_timeout(options.connect_timeout, what=what)
     try:
         conn = psycopg.connect(
             host=credentials.host,
@@ -64,10 +154,10 @@ def try_login(
             dbname=credentials.dbname,
             user=credentials.username,
             password=credentials.password,
-            # libpq wants whole seconds; rounding down could make 0 = "wait forever".
-            connect_timeout=max(1, math.ceil(connect_timeout)),
+            connect_timeout=timeout,
             application_name=APPLICATION_NAME,
             autocommit=True,
+            **options.security.connect_params(use_tls=use_tls),
         )
     except psycopg.OperationalError as exc:
         reason = _server_reason(exc)
@@ -75,27 +165,29 @@ def try_login(
             attempt = LoginAttempt(source, credentials.username, reason)
             logger.debug("login refused: %s", attempt)
             return None, attempt
-        where = f"{credentials.host or 'localhost'}:{credentials.port or 5432}"
         # `from None`: the message is kept (no password is ever in it) but the
         # driver's traceback adds nothing an operator can act on.
-        raise DatabaseUnavailableError(
-            f"cannot use the database at {where} (db {credentials.dbname!r}) as "
-            f"{credentials.username!r} from {source}: {reason}; check that the server is up, "
-            "reachable from here (security groups, VPC endpoints) and accepting connections"
+        raise _failure(
+            exc, reason, what, options=options, shrunk=shrunk, timeout=timeout
         ) from None
     return conn, LoginAttempt(source, credentials.username, None)
 
 
 def login(
-    credentials: Credentials, *, source: str, connect_timeout: float, secret_id: str | None
+    credentials: Credentials,
+    *,
+    source: str,
+    options: LoginOptions,
+    use_tls: bool,
+    secret_id: str | None,
 ) -> Login:
     """Log in with `credentials` or raise.
 
     Raises:
         DatabaseLoginError: the server rejected them.
-        DatabaseUnavailableError: see `try_login`.
+        others: see `try_login`.
     """
-    conn, attempt = try_login(credentials, source=source, connect_timeout=connect_timeout)
+    conn, attempt = try_login(credentials, source=source, options=options, use_tls=use_tls)
     if conn is None:
         raise DatabaseLoginError(
             f"secret {secret_id!r}: the database rejected the login from {source}",
@@ -103,6 +195,45 @@ def login(
             attempts=[attempt],
         )
     return conn
+
+
+def _failure(
+    exc: psycopg.OperationalError,
+    reason: str,
+    what: str,
+    *,
+    options: LoginOptions,
+    shrunk: bool,
+    timeout: int,
+) -> Exception:
+    """The typed error for a login that failed for another reason than the credentials."""
+    if _AUTH_METHOD_MARKER in reason:
+        allowed = options.security.auth_methods
+        return AuthenticationMethodError(
+            f"{what}: the server asked for an authentication method the rotation refuses "
+            f"({reason}); no password was sent. Rotation logins allow only {allowed}: if this "
+            "is your server, store the user's password as SCRAM-SHA-256 (password_encryption = "
+            "'scram-sha-256', then set the password again); allow md5 explicitly "
+            "(ALLOW_MD5=true / --allow-md5) only for an old admin user"
+        )
+    if isinstance(exc, psycopg.errors.ConnectionTimeout) and shrunk:
+        return StepDeadlineError(
+            f"{what}: no answer within the {timeout} s left to the invocation; the step stops "
+            "here and Secrets Manager retries the rotation: check that the server is up and "
+            "reachable, and give the Lambda a longer timeout"
+        )
+    if any(marker in reason for marker in _TLS_MARKERS):
+        setting = options.security.root_cert_setting
+        return TLSSetupError(
+            f"{what}: verified TLS failed ({reason}); the server must offer TLS with a "
+            f"certificate for this host name signed by a CA in {setting} (now "
+            f"{options.security.ssl_root_cert!r}): for RDS, point {setting} at the RDS CA "
+            "bundle; a secret whose server has no TLS must say \"ssl\": false"
+        )
+    return DatabaseUnavailableError(
+        f"cannot {what}: {reason}; check that the server is up, reachable from here (security "
+        "groups, VPC endpoints) and accepting connections"
+    )
 
 
 def _server_reason(exc: psycopg.OperationalError) -> str:

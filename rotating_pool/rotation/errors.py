@@ -12,15 +12,22 @@ from dataclasses import dataclass
 from rotating_pool.errors import RotatingPoolError
 
 __all__ = [
+    "AdminHostError",
+    "AuthenticationMethodError",
     "DatabaseLoginError",
     "DatabaseUnavailableError",
     "LoginAttempt",
     "PasswordChangeError",
+    "PrivilegedRoleError",
     "RoleSetupError",
     "RotationConfigError",
     "RotationError",
     "RotationNotEnabledError",
     "RotationStateError",
+    "RotationTakenOverError",
+    "SettingsMismatchError",
+    "StepDeadlineError",
+    "TLSSetupError",
     "TokenNotFoundError",
     "TokenNotPendingError",
 ]
@@ -117,3 +124,46 @@ class RoleSetupError(RotationError):
     """The database roles are not set up as the strategy needs (a user is not a
     member of the group role, or lacks its ``SET ROLE`` default). Running
     ``rotating-pool bootstrap`` again fixes it."""
+
+
+class AdminHostError(RotationConfigError):
+    """The admin's credentials would go to a server the admin secret does not
+    name: the admin secret has no host (and is not an RDS-managed master secret
+    whose endpoint can be looked up), or the app secret names another server
+    than the admin's, one of its replicas, or an allowed host name.
+
+    Raised before any login of the step, so the admin password is never sent.
+    """
+
+
+class TLSSetupError(RotationError):
+    """A rotation login could not be made over verified TLS: the server offers
+    no TLS, its certificate is not signed by the configured CA bundle or names
+    another host, the CA bundle cannot be read, or libpq is too old (< 16)."""
+
+
+class AuthenticationMethodError(RotationError):
+    """The server asked for an authentication method the rotation refuses to
+    use (a cleartext password always; MD5 unless allowed), so no password was
+    sent."""
+
+
+class StepDeadlineError(RotationError):
+    """The step cannot finish within the time left to the Lambda invocation;
+    Secrets Manager retries the rotation with the same token."""
+
+
+class PrivilegedRoleError(RotationConfigError):
+    """bootstrap refused to touch an existing role: it is privileged (or a
+    member of a privileged role), it is the admin itself, or the group role can
+    log in. Nothing was changed."""
+
+
+class SettingsMismatchError(RotationStateError):
+    """AWSPENDING's rotation keys disagree with AWSCURRENT's (the rotation reads
+    them from AWSCURRENT, as AWS does)."""
+
+
+class RotationTakenOverError(RotationStateError):
+    """Another rotation (another token) took the AWSPENDING label from this one;
+    this rotation is abandoned and has nothing left to do."""

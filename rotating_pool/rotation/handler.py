@@ -13,7 +13,19 @@ variable                   default     meaning
                                        templates read it (e.g. a VPC endpoint);
                                        ``AWS_ENDPOINT_URL_SECRETS_MANAGER`` works too
 ``LOG_LEVEL``              ``INFO``    level of the ``rotating_pool.rotation`` logger
+``SSL_ROOT_CERT``          see below   CA bundle that verifies the database's
+                                       certificate (``system``: the OS's store)
+``ALLOWED_HOSTS``          (unset)     comma-separated host names the app secret may
+                                       name besides the admin's server and its
+                                       replicas (CNAMEs, custom endpoints)
+``ALLOW_MD5``              ``false``   ``true``: also accept MD5 password
+                                       authentication (never cleartext)
 =========================  ==========  ==============================================
+
+``SSL_ROOT_CERT`` defaults to ``/etc/pki/tls/cert.pem``, the Lambda runtime's
+bundle; for RDS, ship the RDS CA bundle in the package and point this at it.
+Each step keeps within the invocation's remaining time
+(``context.get_remaining_time_in_millis()``).
 """
 
 from __future__ import annotations
@@ -26,6 +38,7 @@ from typing import Any
 
 from rotating_pool.rotation.errors import RotationConfigError
 from rotating_pool.rotation.rotator import _CLIENT_CONFIG, DEFAULT_EXCLUDE_CHARACTERS, Rotator
+from rotating_pool.rotation.security import LAMBDA_ROOT_CERT, SecuritySettings
 
 __all__ = ["lambda_handler", "rotator_from_environment"]
 
@@ -34,7 +47,7 @@ logger = logging.getLogger("rotating_pool.rotation")
 # One Rotator (and boto3 client) per warm Lambda container: making a client
 # costs more than a whole step. Keyed by the configuration so that a changed
 # environment (tests) gets a new one.
-_cached: tuple[tuple[str, ...], Rotator] | None = None
+_cached: tuple[tuple[object, ...], Rotator] | None = None
 _cache_lock = threading.Lock()
 
 
@@ -50,7 +63,13 @@ def rotator_from_environment(environ: Mapping[str, str] | None = None) -> Rotato
     length = _number(env, "PASSWORD_LENGTH", "32", int)
     timeout = _number(env, "CONNECT_TIMEOUT", "5", float)
     endpoint = env.get("SECRETS_MANAGER_ENDPOINT") or None
-    key = (exclude, str(length), str(timeout), endpoint or "")
+    security = SecuritySettings.from_names(
+        ssl_root_cert=env.get("SSL_ROOT_CERT") or LAMBDA_ROOT_CERT,
+        allow_md5=_flag(env, "ALLOW_MD5"),
+        allowed_hosts=[env.get("ALLOWED_HOSTS", "")],
+        root_cert_setting="SSL_ROOT_CERT",
+    )
+    key = (exclude, length, timeout, endpoint, security)
     with _cache_lock:
         if _cached is not None and _cached[0] == key:
             return _cached[1]
@@ -64,6 +83,7 @@ def rotator_from_environment(environ: Mapping[str, str] | None = None) -> Rotato
             exclude_characters=exclude,
             password_length=length,
             connect_timeout=timeout,
+            security=security,
         )
         _cached = (key, rotator)
         return rotator
@@ -75,7 +95,8 @@ def lambda_handler(event: Mapping[str, Any], context: object) -> None:
     Args:
         event: ``{"SecretId": ARN, "ClientRequestToken": token, "Step": step}``,
             step one of createSecret, setSecret, testSecret, finishSecret.
-        context: the Lambda context (unused).
+        context: the Lambda context; each step keeps within its
+            ``get_remaining_time_in_millis()``.
 
     Raises:
         RotationError (or rotating_pool.errors.SecretError) when the step fails;
@@ -93,9 +114,22 @@ def lambda_handler(event: Mapping[str, Any], context: object) -> None:
             'Secrets Manager with {"SecretId", "ClientRequestToken", "Step"}',
             key=missing[0],
         )
+    remaining = getattr(context, "get_remaining_time_in_millis", None)
     rotator_from_environment().run_step(
-        str(event["SecretId"]), str(event["ClientRequestToken"]), str(event["Step"])
+        str(event["SecretId"]),
+        str(event["ClientRequestToken"]),
+        str(event["Step"]),
+        time_left=remaining() / 1000 if callable(remaining) else None,
     )
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    raw = env.get(name, "false").strip().lower()
+    if raw not in ("true", "false", ""):
+        raise RotationConfigError(
+            f"environment variable {name}={raw!r} must be true or false", key=name
+        )
+    return raw == "true"
 
 
 def _number(env: Mapping[str, str], name: str, default: str, kind: type[int] | type[float]) -> Any:

@@ -25,21 +25,37 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import botocore.config
+import botocore.exceptions
+from psycopg import sql
 
-from rotating_pool.rotation.database import login
+from rotating_pool.rotation.database import Deadline, LoginOptions
 from rotating_pool.rotation.errors import (
     RoleSetupError,
     RotationConfigError,
     RotationNotEnabledError,
+    RotationTakenOverError,
+    SettingsMismatchError,
     TokenNotFoundError,
     TokenNotPendingError,
 )
+from rotating_pool.rotation.security import SecuritySettings
 from rotating_pool.rotation.settings import RotationSettings, Strategy
-from rotating_pool.rotation.strategies import StepContext, StepOutcome, strategy_for
-from rotating_pool.rotation.versions import SecretDescription, SecretVersions, random_password
+from rotating_pool.rotation.strategies import (
+    AlternatingUsers,
+    StepContext,
+    StepOutcome,
+    strategy_for,
+)
+from rotating_pool.rotation.versions import (
+    SecretDescription,
+    SecretVersion,
+    SecretVersions,
+    random_password,
+)
 from rotating_pool.secret import AWSCURRENT, AWSPENDING
 
 if TYPE_CHECKING:
+    from mypy_boto3_rds import RDSClient
     from mypy_boto3_secretsmanager import SecretsManagerClient
 
 __all__ = [
@@ -47,6 +63,7 @@ __all__ = [
     "STEPS",
     "RotationResult",
     "Rotator",
+    "make_rds_client",
 ]
 
 logger = logging.getLogger("rotating_pool.rotation")
@@ -65,6 +82,14 @@ _CLIENT_CONFIG = botocore.config.Config(
     retries={"mode": "standard", "max_attempts": 3},
     user_agent_extra="rotating_pool.rotation",
 )
+
+
+def make_rds_client() -> RDSClient:
+    """A boto3 ``rds`` client from the default chain (it honours
+    ``AWS_ENDPOINT_URL_RDS``), with the same short timeouts."""
+    import boto3  # noqa: PLC0415  (slow to import; only when needed)
+
+    return boto3.session.Session().client("rds", config=_CLIENT_CONFIG)
 
 
 @dataclass(frozen=True)
@@ -106,6 +131,11 @@ class Rotator:
         exclude_characters: characters GetRandomPassword must leave out.
         password_length: length of new passwords.
         connect_timeout: seconds allowed for each database login.
+        security: TLS and authentication rules of the logins, and the host
+            allow-list (default: verify-full against the system's CAs,
+            SCRAM-SHA-256 only, no extra host).
+        rds_client: a boto3 ``rds`` client, for admin secrets RDS manages (made
+            on first use; it honours ``AWS_ENDPOINT_URL_RDS``).
 
     >>> rotator = Rotator(password_length=40)   # nothing is contacted yet
     >>> # result = rotator.rotate("prod/app/db")
@@ -118,6 +148,8 @@ class Rotator:
         exclude_characters: str = DEFAULT_EXCLUDE_CHARACTERS,
         password_length: int = 32,
         connect_timeout: float = 5.0,
+        security: SecuritySettings | None = None,
+        rds_client: RDSClient | None = None,
     ) -> None:
         if not 8 <= password_length <= 4096:
             raise RotationConfigError(
@@ -129,7 +161,9 @@ class Rotator:
                 f"connect_timeout must be positive, not {connect_timeout}", key="connect_timeout"
             )
         self._client = client
+        self._rds = rds_client
         self._client_lock = threading.Lock()
+        self.security = security or SecuritySettings()
         self.exclude_characters = exclude_characters
         self.password_length = password_length
         self.connect_timeout = connect_timeout
@@ -153,8 +187,23 @@ class Rotator:
                     )
         return self._client
 
+    @property
+    def rds(self) -> RDSClient:
+        """The RDS client (made on first use: only RDS-managed admin secrets need it)."""
+        if self._rds is None:
+            with self._client_lock:
+                if self._rds is None:
+                    self._rds = make_rds_client()
+        return self._rds
+
     def run_step(
-        self, secret_id: str, token: str, step: str, *, check_enabled: bool = True
+        self,
+        secret_id: str,
+        token: str,
+        step: str,
+        *,
+        check_enabled: bool = True,
+        time_left: float | None = None,
     ) -> StepOutcome:
         """Run one rotation step, after AWS's label checks.
 
@@ -167,6 +216,9 @@ class Rotator:
                 a Lambda invoked by RotateSecret. The local driver passes False:
                 without a Lambda nothing enables rotation or stages the empty
                 AWSPENDING version, so createSecret creates it.
+            time_left: seconds the step may take (a Lambda's remaining time):
+                login timeouts shrink to fit, and a login that cannot fit fails
+                with StepDeadlineError. None: no limit beyond the timeouts.
 
         Raises:
             RotationConfigError: unknown step, or the secret's rotation keys are wrong.
@@ -183,7 +235,7 @@ class Rotator:
             )
         versions = SecretVersions(self.client, secret_id)
         description = versions.describe()
-        if not self._token_needs_step(description, secret_id, token, step, check_enabled):
+        if not self._token_needs_step(versions, description, token, step, check_enabled):
             logger.info(
                 "secret %r: %s: version %s is already AWSCURRENT; nothing to do",
                 secret_id,
@@ -196,7 +248,8 @@ class Rotator:
             token=token,
             versions=versions,
             client=self.client,
-            connect_timeout=self.connect_timeout,
+            options=LoginOptions(self.security, self.connect_timeout, Deadline.after(time_left)),
+            rds=lambda: self.rds,
         )
         started = time.perf_counter()
         if step == "createSecret":
@@ -285,13 +338,14 @@ class Rotator:
 
     @staticmethod
     def _token_needs_step(
+        versions: SecretVersions,
         description: SecretDescription,
-        secret_id: str,
         token: str,
         step: str,
         check_enabled: bool,
     ) -> bool:
         """AWS's checks; False when the token is already AWSCURRENT."""
+        secret_id = versions.secret_id
         if check_enabled and description.rotation_enabled is False:
             raise RotationNotEnabledError(
                 f"secret {secret_id!r} is not enabled for rotation: turn rotation on "
@@ -303,6 +357,8 @@ class Rotator:
         if stages is None:
             if not check_enabled and step == "createSecret":
                 return True
+            if any(v.version_id == token for v in versions.list_versions()):
+                raise _taken_over(secret_id, token, description, step)
             raise TokenNotFoundError(
                 f"secret {secret_id!r} has no version {token!r} to rotate ({step}): the "
                 "ClientRequestToken must be the AWSPENDING version RotateSecret staged",
@@ -311,6 +367,8 @@ class Rotator:
         if AWSCURRENT in stages:
             return False
         if AWSPENDING not in stages:
+            if not stages:
+                raise _taken_over(secret_id, token, description, step)
             raise TokenNotPendingError(
                 f"secret {secret_id!r}: version {token!r} is not AWSPENDING (its labels: "
                 f"{', '.join(stages) or 'none'}), so it is not being rotated; start a new "
@@ -330,7 +388,11 @@ class Rotator:
             existing = ctx.versions.read(stage=AWSPENDING, version_id=ctx.token)
             if existing is not None:
                 return StepOutcome.ALREADY_DONE
-        username = strategy_for(settings).pending_username(ctx.secret_id, current.credentials)
+        strategy = strategy_for(settings)
+        if isinstance(strategy, AlternatingUsers):
+            # Refuse a secret whose admin would log in elsewhere before staging anything.
+            strategy.admin_login(ctx, current)
+        username = strategy.pending_username(ctx.secret_id, current.credentials)
         password = random_password(
             ctx.client,
             length=self.password_length,
@@ -343,19 +405,15 @@ class Rotator:
 
     def _set_secret(self, ctx: StepContext) -> StepOutcome:
         current = ctx.versions.read_required(AWSCURRENT)
-        pending = ctx.versions.read_required(AWSPENDING, ctx.token)
-        settings = RotationSettings.from_document(ctx.secret_id, pending.document)
+        pending = self._read_pending(ctx)
+        settings = _settings(ctx.secret_id, current, pending)
         return strategy_for(settings).set_password(ctx, current, pending)
 
     def _test_secret(self, ctx: StepContext) -> StepOutcome:
-        pending = ctx.versions.read_required(AWSPENDING, ctx.token)
-        settings = RotationSettings.from_document(ctx.secret_id, pending.document)
-        conn = login(
-            pending.credentials,
-            source="AWSPENDING",
-            connect_timeout=self.connect_timeout,
-            secret_id=ctx.secret_id,
-        )
+        current = ctx.versions.read_required(AWSCURRENT)
+        pending = self._read_pending(ctx)
+        settings = _settings(ctx.secret_id, current, pending)
+        conn = ctx.login(pending, AWSPENDING)
         with conn:
             row = conn.execute("SELECT current_user, session_user").fetchone()
         assert row is not None
@@ -367,12 +425,24 @@ class Rotator:
             raise RoleSetupError(
                 f"secret {ctx.secret_id!r}: user {session_user!r} logs in but acts as "
                 f"{current_user!r}, not as the group role {settings.role!r}; it needs "
-                f"`GRANT {settings.role} TO {session_user}` and "
-                f"`ALTER ROLE {session_user} SET ROLE {settings.role}` (run rotating-pool "
+                f"`GRANT {_quoted(settings.role)} TO {_quoted(session_user)}` and "
+                f"`ALTER ROLE {_quoted(session_user)} SET role TO "
+                f"{sql.Literal(settings.role).as_string(None)}` (run rotating-pool "
                 "bootstrap again)",
                 secret_id=ctx.secret_id,
             )
         return StepOutcome.PERFORMED
+
+    @staticmethod
+    def _read_pending(ctx: StepContext) -> SecretVersion:
+        pending = ctx.versions.read(stage=AWSPENDING, version_id=ctx.token)
+        if pending is not None:
+            return pending
+        description = ctx.versions.describe()
+        if AWSPENDING not in description.stages.get(ctx.token, ()):
+            # The label moved while this step ran: another rotation took over.
+            raise _taken_over(ctx.secret_id, ctx.token, description, "this step")
+        return ctx.versions.read_required(AWSPENDING, ctx.token)
 
     def _finish_secret(self, ctx: StepContext, description: SecretDescription) -> StepOutcome:
         current_version = description.version_with(AWSCURRENT)
@@ -384,5 +454,58 @@ class Rotator:
         # version for a finished rotation. None is safer: once another value is
         # put, a label left here would sit on a non-current version, which
         # RotateSecret takes for a rotation in progress and refuses to start.
-        ctx.versions.remove_stage(AWSPENDING, ctx.token)
+        try:
+            ctx.versions.remove_stage(AWSPENDING, ctx.token)
+        except botocore.exceptions.ClientError:
+            latest = ctx.versions.describe()
+            if AWSPENDING in latest.stages.get(ctx.token, ()):
+                raise
+            raise _taken_over(ctx.secret_id, ctx.token, latest, "finishSecret") from None
         return StepOutcome.PERFORMED
+
+
+def _settings(secret_id: str, current: SecretVersion, pending: SecretVersion) -> RotationSettings:
+    """The rotation keys, from AWSCURRENT (as AWS reads them); AWSPENDING must agree.
+
+    Raises:
+        SettingsMismatchError: AWSPENDING names another strategy, role, users or
+            admin secret: it was not made from AWSCURRENT by createSecret.
+    """
+    settings = RotationSettings.from_document(secret_id, current.document)
+    try:
+        staged: RotationSettings | None = RotationSettings.from_document(
+            secret_id, pending.document
+        )
+    except RotationConfigError:
+        staged = None
+    if staged != settings:
+        keys = ("rotation_strategy", "rotation_role", "rotation_users", "masterarn")
+        differ = [k for k in keys if current.document.get(k) != pending.document.get(k)]
+        raise SettingsMismatchError(
+            f"secret {secret_id!r}: AWSPENDING (version {pending.version_id!r}) disagrees with "
+            f"AWSCURRENT on {', '.join(repr(k) for k in differ) or 'the rotation keys'}; the "
+            "rotation reads them from AWSCURRENT only. If the change is wanted, make it in "
+            "AWSCURRENT (rotating-pool bootstrap); otherwise remove the AWSPENDING label from "
+            "that version and rotate again",
+            secret_id=secret_id,
+        )
+    return settings
+
+
+def _taken_over(
+    secret_id: str, token: str, description: SecretDescription, step: str
+) -> RotationTakenOverError:
+    holder = description.version_with(AWSPENDING)
+    by = f"version {holder!r} holds it now" if holder else "no version holds it now"
+    return RotationTakenOverError(
+        f"secret {secret_id!r}: version {token!r} lost its AWSPENDING label ({by}): another "
+        f"rotation took over (e.g. `rotating-pool rotate --token ...`), so this one stops at "
+        f"{step} and changes nothing more. Nothing to fix: the other rotation carries on; check "
+        "with `rotating-pool status`",
+        secret_id=secret_id,
+    )
+
+
+def _quoted(name: str) -> str:
+    """`name` as SQL writes an identifier, for hints in messages."""
+    return sql.Identifier(name).as_string(None)

@@ -9,21 +9,33 @@ rotation's own sessions).
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from rotating_pool.errors import SecretError
-from rotating_pool.rotation.database import APPLICATION_NAME, Login, try_login
-from rotating_pool.rotation.errors import DatabaseUnavailableError, RotationConfigError
+from rotating_pool.rotation.database import APPLICATION_NAME, Login, LoginOptions, try_login
+from rotating_pool.rotation.errors import (
+    AdminHostError,
+    AuthenticationMethodError,
+    DatabaseUnavailableError,
+    RotationConfigError,
+    TLSSetupError,
+)
+from rotating_pool.rotation.hosts import admin_login
+from rotating_pool.rotation.rotator import make_rds_client
+from rotating_pool.rotation.security import SecuritySettings, tls_wanted
 from rotating_pool.rotation.settings import RotationSettings
 from rotating_pool.rotation.versions import SecretVersion, SecretVersions
 from rotating_pool.secret import AWSCURRENT, AWSPENDING, AWSPREVIOUS
 
 if TYPE_CHECKING:
+    from mypy_boto3_rds import RDSClient
     from mypy_boto3_secretsmanager import SecretsManagerClient
+
+# A login that fails so is reported, not raised: status is a diagnosis.
+_LOGIN_FAILURES = (DatabaseUnavailableError, TLSSetupError, AuthenticationMethodError)
 
 __all__ = ["SecretStatus", "UserStatus", "VersionStatus", "secret_status"]
 
@@ -180,17 +192,29 @@ class SecretStatus:
 
 
 def secret_status(
-    client: SecretsManagerClient, secret_id: str, *, connect_timeout: float = 5.0
+    client: SecretsManagerClient,
+    secret_id: str,
+    *,
+    connect_timeout: float = 5.0,
+    security: SecuritySettings | None = None,
+    rds: Callable[[], RDSClient] | None = None,
 ) -> SecretStatus:
     """Gather the `SecretStatus` of `secret_id`.
 
     Every labelled version's password is tried once (so failed logins appear in
     the server log); the role and session queries run over a session of the
-    first version that logs in, else of the admin secret (``masterarn``).
+    first version that logs in, else of the admin secret (``masterarn``), which
+    logs in only to its own server (the same host rule as a rotation).
+
+    Args:
+        security: TLS and authentication rules, host allow-list (default:
+            verify-full against the system's CAs).
+        rds: makes an ``rds`` client, for an RDS-managed admin secret.
 
     Raises:
         rotating_pool.errors.SecretError: the secret is missing or unreadable.
     """
+    options = LoginOptions(security or SecuritySettings(), connect_timeout)
     versions = SecretVersions(client, secret_id)
     description = versions.describe()
     created = {v.version_id: v.created for v in versions.list_versions()}
@@ -230,11 +254,11 @@ def secret_status(
         logs_in: bool | None = None
         reason: str | None = None
         if database_error is None:
+            source = ", ".join(stages) or version_id
             try:
-                conn, attempt = try_login(
-                    creds, source=", ".join(stages) or version_id, connect_timeout=connect_timeout
-                )
-            except DatabaseUnavailableError as error:
+                use_tls = tls_wanted(secret_id, version.document, what=source)
+                conn, attempt = try_login(creds, source=source, options=options, use_tls=use_tls)
+            except _LOGIN_FAILURES as error:
                 database_error, reason = str(error), "database unreachable"
             else:
                 logs_in, reason = conn is not None, attempt.reason
@@ -257,7 +281,12 @@ def secret_status(
 
     if query_conn is None and database_error is None and settings and settings.master_arn:
         query_conn, database_error = _admin_session(
-            client, settings.master_arn, current, connect_timeout
+            client,
+            secret_id,
+            settings.master_arn,
+            current,
+            options=options,
+            rds=rds or make_rds_client,
         )
     roles: dict[str, bool] = {}
     sessions: dict[str, int] = {}
@@ -291,25 +320,25 @@ def secret_status(
 
 def _admin_session(
     client: SecretsManagerClient,
+    secret_id: str,
     master_arn: str,
     current: SecretVersion | None,
-    connect_timeout: float,
+    *,
+    options: LoginOptions,
+    rds: Callable[[], RDSClient],
 ) -> tuple[Login | None, str | None]:
-    admin_version = SecretVersions(client, master_arn).read(stage=AWSCURRENT)
-    if admin_version is None:
-        return None, f"no version of the secret logs in, and admin secret {master_arn!r} is empty"
-    admin = admin_version.credentials
-    if current is not None:
-        app = current.credentials
-        admin = dataclasses.replace(
-            admin,
-            host=admin.host or app.host,
-            port=admin.port or app.port,
-            dbname=app.dbname or admin.dbname,
-        )
+    if current is None:
+        return None, "no version of the secret logs in, and AWSCURRENT has no value"
+    app = current.credentials
     try:
-        conn, attempt = try_login(admin, source="admin secret", connect_timeout=connect_timeout)
-    except DatabaseUnavailableError as error:
+        admin = admin_login(client, master_arn, rds, secret_id=secret_id, dbname=app.dbname)
+        admin.server.check_app_host(
+            secret_id, app.host, app.port, options.security, what="AWSCURRENT"
+        )
+        conn, attempt = try_login(
+            admin.credentials, source="admin secret", options=options, use_tls=admin.use_tls
+        )
+    except (AdminHostError, SecretError, *_LOGIN_FAILURES) as error:
         return None, str(error)
     return conn, None if conn is not None else f"admin secret does not log in: {attempt.reason}"
 

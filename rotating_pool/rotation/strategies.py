@@ -9,27 +9,28 @@ is the same for both and lives in `rotator`; a strategy decides only:
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from rotating_pool.errors import SecretFormatError
-from rotating_pool.rotation.database import Login, login, try_login
+from rotating_pool.rotation.database import Login, LoginOptions, login, try_login
 from rotating_pool.rotation.errors import (
     DatabaseLoginError,
     LoginAttempt,
-    RotationConfigError,
     RotationStateError,
 )
+from rotating_pool.rotation.hosts import AdminLogin, admin_login
 from rotating_pool.rotation.password import set_password
+from rotating_pool.rotation.security import tls_wanted
 from rotating_pool.rotation.settings import RotationSettings, Strategy
 from rotating_pool.rotation.versions import SecretVersion, SecretVersions
 from rotating_pool.secret import AWSCURRENT, AWSPENDING, AWSPREVIOUS, Credentials
 
 if TYPE_CHECKING:
+    from mypy_boto3_rds import RDSClient
     from mypy_boto3_secretsmanager import SecretsManagerClient
 
 __all__ = [
@@ -64,17 +65,35 @@ class StepOutcome(str, enum.Enum):
 
 @dataclass(frozen=True)
 class StepContext:
-    """What a step runs against."""
+    """What a step runs against.
+
+    Attributes:
+        options: how logins are made (TLS rules, timeout, the step's deadline).
+        rds: makes the ``rds`` client, for an RDS-managed admin secret.
+    """
 
     secret_id: str
     token: str
     versions: SecretVersions
     client: SecretsManagerClient
-    connect_timeout: float
+    options: LoginOptions
+    rds: Callable[[], RDSClient]
 
-    def try_login(self, credentials: Credentials, source: str) -> tuple[Login | None, LoginAttempt]:
-        """`database.try_login` with this context's timeout."""
-        return try_login(credentials, source=source, connect_timeout=self.connect_timeout)
+    def try_login(self, version: SecretVersion, source: str) -> tuple[Login | None, LoginAttempt]:
+        """`database.try_login` of a version of this secret (its ``ssl`` key decides TLS)."""
+        use_tls = tls_wanted(self.secret_id, version.document, what=source)
+        return try_login(version.credentials, source=source, options=self.options, use_tls=use_tls)
+
+    def login(self, version: SecretVersion, source: str) -> Login:
+        """`database.login` of a version of this secret."""
+        use_tls = tls_wanted(self.secret_id, version.document, what=source)
+        return login(
+            version.credentials,
+            source=source,
+            options=self.options,
+            use_tls=use_tls,
+            secret_id=self.secret_id,
+        )
 
 
 class RotationStrategy(Protocol):
@@ -119,7 +138,7 @@ class SingleUser:
     ) -> StepOutcome:
         """Log in as the user and ``ALTER ROLE`` itself."""
         new = pending.credentials
-        conn, attempt = ctx.try_login(new, AWSPENDING)
+        conn, attempt = ctx.try_login(pending, AWSPENDING)
         if conn is not None:
             conn.close()
             return StepOutcome.ALREADY_DONE
@@ -136,9 +155,16 @@ class SingleUser:
         attempts = [attempt]
         tried_passwords = {new.password}
         for source, candidate in self._login_candidates(ctx, current):
-            if candidate.username != new.username or candidate.password in tried_passwords:
+            creds = candidate.credentials
+            # An older version naming another server is not tried: this user's
+            # passwords go only to the server AWSPENDING names.
+            if (
+                creds.username != new.username
+                or creds.password in tried_passwords
+                or (creds.host, creds.port) != (new.host, new.port)
+            ):
                 continue
-            tried_passwords.add(candidate.password)
+            tried_passwords.add(creds.password)
             if source != AWSCURRENT:
                 logger.info(
                     "secret %r: %s; trying %s to log in", ctx.secret_id, attempts[-1], source
@@ -167,18 +193,18 @@ class SingleUser:
 
     def _login_candidates(
         self, ctx: StepContext, current: SecretVersion
-    ) -> Iterator[tuple[str, Credentials]]:
+    ) -> Iterator[tuple[str, SecretVersion]]:
         # Lazily: each read happens only if the previous login failed.
-        yield AWSCURRENT, current.credentials
+        yield AWSCURRENT, current
         previous = _read_fallback(ctx, stage=AWSPREVIOUS)
         if previous is not None:
-            yield AWSPREVIOUS, previous.credentials
+            yield AWSPREVIOUS, previous
         seen = {current.version_id, ctx.token, previous.version_id if previous else None}
         older = [v for v in ctx.versions.list_versions() if v.version_id not in seen]
         for info in older[:_OLDER_VERSIONS_TRIED]:
             version = _read_fallback(ctx, version_id=info.version_id)
             if version is not None:
-                yield f"version {info.version_id}", version.credentials
+                yield f"version {info.version_id}", version
 
 
 def _read_fallback(
@@ -222,14 +248,16 @@ class AlternatingUsers:
                 secret_id=ctx.secret_id,
             )
         _check_same_server(ctx, current.credentials, new, "AWSCURRENT")
-        conn, _ = ctx.try_login(new, AWSPENDING)
+        # Before any login: the admin's password goes only to its own server.
+        admin = self.admin_login(ctx, current)
+        conn, _ = ctx.try_login(pending, AWSPENDING)
         if conn is not None:
             conn.close()
             return StepOutcome.ALREADY_DONE
 
         # AWS's guard against a confused deputy: the admin acts only for a
         # secret whose own current credentials are accepted by that database.
-        conn, attempt = ctx.try_login(current.credentials, AWSCURRENT)
+        conn, attempt = ctx.try_login(current, AWSCURRENT)
         if conn is None:
             raise DatabaseLoginError(
                 f"secret {ctx.secret_id!r}: AWSCURRENT does not log in, so the admin secret is "
@@ -239,11 +267,11 @@ class AlternatingUsers:
             )
         conn.close()
 
-        admin = self._admin_credentials(ctx, current.credentials)
         conn = login(
-            admin,
+            admin.credentials,
             source="admin secret AWSCURRENT",
-            connect_timeout=ctx.connect_timeout,
+            options=ctx.options,
+            use_tls=admin.use_tls,
             secret_id=ctx.secret_id,
         )
         with conn:
@@ -252,25 +280,26 @@ class AlternatingUsers:
             )
         return StepOutcome.PERFORMED
 
-    def _admin_credentials(self, ctx: StepContext, current: Credentials) -> Credentials:
+    def admin_login(self, ctx: StepContext, current: SecretVersion) -> AdminLogin:
+        """Find the admin's server and check that AWSCURRENT names it; no login.
+
+        Raises:
+            AdminHostError: the admin secret names no server, or AWSCURRENT
+                names another one.
+        """
         assert self.settings.master_arn is not None
-        admin_versions = SecretVersions(ctx.client, self.settings.master_arn)
-        admin = admin_versions.read_required(AWSCURRENT).credentials
-        if admin.host and current.host and admin.host != current.host:
-            raise RotationConfigError(
-                f"secret {ctx.secret_id!r}: its 'masterarn' secret is for host {admin.host!r} "
-                f"but the secret is for {current.host!r}: point 'masterarn' at the admin secret "
-                "of the same database",
-                secret_id=ctx.secret_id,
-                key="masterarn",
-            )
-        # As AWS's template does: the admin logs in to the app's database.
-        return dataclasses.replace(
-            admin,
-            host=admin.host or current.host,
-            port=admin.port or current.port,
-            dbname=current.dbname or admin.dbname,
+        admin = admin_login(
+            ctx.client,
+            self.settings.master_arn,
+            ctx.rds,
+            secret_id=ctx.secret_id,
+            dbname=current.credentials.dbname,
         )
+        app = current.credentials
+        admin.server.check_app_host(
+            ctx.secret_id, app.host, app.port, ctx.options.security, what="AWSCURRENT"
+        )
+        return admin
 
 
 def _check_same_server(

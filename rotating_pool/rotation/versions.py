@@ -54,12 +54,15 @@ class SecretDescription:
         rotation_enabled: None when the answer did not say (AWS's templates then
             proceed).
         stages: version id -> its staging labels, for every labelled version.
+        tags: the secret's tags (key -> value), system tags such as
+            ``aws:rds:primaryDBInstanceArn`` included.
     """
 
     arn: str
     name: str
     rotation_enabled: bool | None
     stages: Mapping[str, tuple[str, ...]]
+    tags: Mapping[str, str] = field(default_factory=dict)
 
     def version_with(self, stage: str) -> str | None:
         """The id of the version carrying `stage`, if any."""
@@ -129,6 +132,7 @@ class SecretVersions:
             name=answer["Name"],
             rotation_enabled=None if enabled is None else bool(enabled),
             stages=stages,
+            tags={tag["Key"]: tag["Value"] for tag in answer.get("Tags", [])},
         )
 
     def list_versions(self) -> list[VersionInfo]:
