@@ -122,6 +122,7 @@ def test_secret_documents_have_the_rds_shape(
         "dbname": app_schema.dbname,
         "username": first,
         "password": app_schema.passwords[first],
+        "ssl": False,  # a plain server: the rotation side must not expect TLS
     }
     assert app_schema.secret_document("single") == {**base, "rotation_strategy": "single"}
     assert app_schema.secret_document("alternating", masterarn="arn:admin") == {
@@ -132,7 +133,19 @@ def test_secret_documents_have_the_rds_shape(
         "masterarn": "arn:admin",
     }
     admin = postgres.admin_document()
-    assert (admin["username"], admin["dbname"]) == ("postgres", "postgres")
+    assert (admin["username"], admin["dbname"], admin["ssl"]) == ("postgres", "postgres", False)
+
+
+def test_tls_bed_serves_verified_tls_only(tls_postgres: LocalPostgres) -> None:
+    with tls_postgres.admin_connect() as conn:  # verify-full against ca_path
+        assert conn.pgconn.ssl_in_use
+    assert "ssl" not in tls_postgres.admin_document()
+    plain = {**tls_postgres.tls_params(), "sslmode": "disable"}
+    with pytest.raises(psycopg.OperationalError, match="no pg_hba.conf entry"):
+        psycopg.connect(
+            host=tls_postgres.host, port=tls_postgres.port, user="postgres",
+            password=tls_postgres.admin_password, connect_timeout=5, **plain,
+        )  # fmt: skip
 
 
 def test_local_postgres_in_a_given_directory_keeps_it() -> None:

@@ -1,4 +1,8 @@
-"""The ``rotating-pool`` command, run in-process against PostgreSQL and moto over HTTP."""
+"""The ``rotating-pool`` command, run in-process against PostgreSQL and moto over HTTP.
+
+The server is the TLS bed: every command verifies it (``--ssl-root-cert`` with
+the bed's CA, added by the `cli` fixture).
+"""
 
 from __future__ import annotations
 
@@ -27,15 +31,28 @@ class Run:
 
 
 @pytest.fixture
+def postgres(tls_postgres: LocalPostgres) -> LocalPostgres:
+    """Here the server is the TLS bed."""
+    return tls_postgres
+
+
+@pytest.fixture
 def cli(
-    secretsmanager: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    secretsmanager: Any,
+    tls_postgres: LocalPostgres,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> Callable[..., Run]:
-    """Run ``rotating-pool ARGS`` with boto3 pointed at the test bed."""
+    """Run ``rotating-pool ARGS`` with boto3 pointed at the test bed, verifying
+    the TLS bed's certificate (unless ARGS give ``--ssl-root-cert``)."""
     for name, value in secretsmanager.env().items():
         monkeypatch.setenv(name, value)
 
     def run(*argv: str) -> Run:
-        code = main(list(argv))
+        args = list(argv)
+        if args and args[0] in ("bootstrap", "rotate", "status") and "--ssl-root-cert" not in args:
+            args[1:1] = ["--ssl-root-cert", str(tls_postgres.ca_path)]
+        code = main(args)
         captured = capsys.readouterr()
         return Run(code, captured.out, captured.err)
 

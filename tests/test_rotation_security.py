@@ -1,0 +1,468 @@
+"""Rotation security: a password goes only to the right server, over verified TLS.
+
+Against the TLS bed (PostgreSQL serving TLS only, its own CA), a plain server,
+a hostile server stand-in (`HostileServer`: asks for a cleartext password and
+records what it gets, or never answers) and moto's Secrets Manager and RDS APIs.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from rotating_pool.local import (
+    AppSchema,
+    CertificateAuthority,
+    HostileServer,
+    LocalPostgres,
+    LocalSecretsManager,
+)
+from rotating_pool.rotation import (
+    AdminHostError,
+    AuthenticationMethodError,
+    RoleSetupError,
+    RotationTakenOverError,
+    Rotator,
+    SecuritySettings,
+    SettingsMismatchError,
+    StepDeadlineError,
+    TLSSetupError,
+    lambda_handler,
+    secret_status,
+)
+from rotating_pool.rotation.cli import main
+from rotating_pool.rotation.hosts import admin_login
+from rotating_pool.rotation.security import check_libpq
+
+LOCAL_LAMBDA_ARN = "arn:aws:lambda:us-east-1:123456789012:function:rotating-pool-local-security"
+_counter = itertools.count()
+
+
+@dataclass(frozen=True)
+class App:
+    """An app secret and its admin secret."""
+
+    secret_id: str
+    admin_id: str
+    schema: AppSchema
+
+
+def unique() -> str:
+    return f"{next(_counter)}_{uuid.uuid4().hex[:6]}"
+
+
+def create(sm_client: Any, name: str, document: dict[str, Any], **kwargs: Any) -> str:
+    return str(
+        sm_client.create_secret(Name=name, SecretString=json.dumps(document), **kwargs)["ARN"]
+    )
+
+
+def make_app(
+    sm_client: Any,
+    server: LocalPostgres,
+    strategy: str = "alternating",
+    *,
+    admin: dict[str, Any] | None = None,
+    app: dict[str, Any] | None = None,
+    admin_tags: list[dict[str, str]] | None = None,
+) -> App:
+    """Roles on `server`, an admin secret (its document updated with `admin`, a
+    None value removing a key) and an app secret (updated with `app`)."""
+    n = unique()
+    schema = server.create_app_schema(role=f"sec_{n}", users=(f"sec_{n}_a", f"sec_{n}_b"))
+    admin_doc = without_nones({**server.admin_document(), **(admin or {})})
+    admin_id = create(sm_client, f"security/admin-{n}", admin_doc, Tags=admin_tags or [])
+    app_doc = without_nones({**schema.secret_document(strategy, admin_id), **(app or {})})
+    return App(create(sm_client, f"security/app-{n}", app_doc), admin_id, schema)
+
+
+def without_nones(document: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in document.items() if v is not None}
+
+
+def tls_security(server: LocalPostgres, **kwargs: Any) -> SecuritySettings:
+    return SecuritySettings(ssl_root_cert=str(server.ca_path), **kwargs)
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+class LambdaContext:
+    """A fake Lambda context: only the remaining time."""
+
+    def __init__(self, seconds: float) -> None:
+        self._until = time.monotonic() + seconds
+
+    def get_remaining_time_in_millis(self) -> int:
+        return max(0, int((self._until - time.monotonic()) * 1000))
+
+
+def invoke(secret_id: str, token: str, step: str, context: object = None) -> None:
+    lambda_handler({"SecretId": secret_id, "ClientRequestToken": token, "Step": step}, context)
+
+
+@pytest.fixture
+def lambda_env(
+    secretsmanager: LocalSecretsManager,
+    tls_postgres: LocalPostgres,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name, value in secretsmanager.env().items():
+        monkeypatch.setenv(name, value)
+    for name in ("CONNECT_TIMEOUT", "ALLOWED_HOSTS", "ALLOW_MD5"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SSL_ROOT_CERT", str(tls_postgres.ca_path))
+
+
+@pytest.fixture
+def hostile() -> Iterator[HostileServer]:
+    with HostileServer("cleartext") as server:
+        yield server
+
+
+# -- the admin password goes only to the admin's server ------------------------------
+
+
+@pytest.mark.parametrize("ssl", [None, False], ids=["tls", "ssl-false"])
+@pytest.mark.parametrize("admin_host", [None, "127.0.0.2"], ids=["no-host", "other-host"])
+def test_a_hostile_app_host_never_gets_the_admin_password(
+    sm_client: Any,
+    tls_postgres: LocalPostgres,
+    lambda_env: None,
+    hostile: HostileServer,
+    capsys: pytest.CaptureFixture[str],
+    ssl: bool | None,
+    admin_host: str | None,
+) -> None:
+    """The app secret names an attacker's server; the admin secret names no
+    host (as an RDS master secret without its tag), or another host."""
+    app = make_app(
+        sm_client,
+        tls_postgres,
+        admin={"host": admin_host, "port": None, "dbname": None},
+        app={"host": hostile.host, "port": hostile.port, "ssl": ssl},
+    )
+    expected = "has no 'host'" if admin_host is None else "the admin secret is for 127.0.0.2:5432"
+    ca = str(tls_postgres.ca_path)
+
+    token = sm_client.rotate_secret(SecretId=app.secret_id, RotationLambdaARN=LOCAL_LAMBDA_ARN)[
+        "VersionId"
+    ]
+    with pytest.raises(AdminHostError, match=expected) as refused:
+        invoke(app.secret_id, token, "createSecret")
+    assert refused.value.secret_id == app.secret_id
+    # As if createSecret had run before the app secret was tampered with.
+    current = json.loads(sm_client.get_secret_value(SecretId=app.secret_id)["SecretString"])
+    pending = {**current, "username": app.schema.users[1], "password": "new-password"}
+    sm_client.put_secret_value(
+        SecretId=app.secret_id, ClientRequestToken=token, SecretString=json.dumps(pending),
+        VersionStages=["AWSPENDING"],
+    )  # fmt: skip
+    with pytest.raises(AdminHostError, match=expected):
+        invoke(app.secret_id, token, "setSecret")
+    sm_client.update_secret_version_stage(
+        SecretId=app.secret_id, VersionStage="AWSPENDING", RemoveFromVersionId=token
+    )
+    with pytest.raises(AdminHostError, match=expected):
+        Rotator(sm_client, security=tls_security(tls_postgres)).rotate(app.secret_id)
+    code, rotate_out = run_cli(
+        capsys, "rotate", "--secret-id", app.secret_id, "--ssl-root-cert", ca
+    )
+    assert code == 2 and "AdminHostError" not in rotate_out and expected in rotate_out
+    code, status_out = run_cli(
+        capsys, "status", "--secret-id", app.secret_id, "--ssl-root-cert", ca
+    )
+    assert code == 0
+
+    # No step, `rotate` or `status` logged in to it as the admin; nothing sent a password.
+    assert [s.user for s in hostile.startups if s.user == "postgres"] == []
+    assert hostile.passwords == []
+    if ssl is False:  # the app users' own logins reached it, and refused cleartext
+        assert {s.user for s in hostile.startups} <= set(app.schema.users)
+        assert "server requested a cleartext password" in status_out
+    else:
+        assert hostile.startups == []  # verify-full: no TLS, no StartupMessage
+    for text in (rotate_out, status_out):
+        assert tls_postgres.admin_password not in text
+
+
+def test_status_does_not_log_in_as_the_admin_on_another_server(
+    sm_client: Any, tls_postgres: LocalPostgres, postgres: LocalPostgres
+) -> None:
+    """No version logs in (a wrong password on the plain server the app secret
+    names), so status falls back to the admin session: the admin secret is for
+    the TLS bed, so it refuses, and says why."""
+    app = make_app(
+        sm_client,
+        tls_postgres,
+        app={"port": postgres.port, "ssl": False, "password": "wrong"},
+    )
+    status = secret_status(sm_client, app.secret_id, security=tls_security(tls_postgres))
+    assert [v.logs_in for v in status.versions] == [False]
+    assert status.database_error is not None
+    assert f"names the server 127.0.0.1:{postgres.port}" in status.database_error
+    assert all(u.exists is None for u in status.users)  # no admin session was opened
+
+
+def test_a_single_user_login_refuses_to_send_a_cleartext_password(
+    sm_client: Any, tls_postgres: LocalPostgres, hostile: HostileServer
+) -> None:
+    app = make_app(
+        sm_client,
+        tls_postgres,
+        "single",
+        app={"host": hostile.host, "port": hostile.port, "ssl": False},
+    )
+    with pytest.raises(AuthenticationMethodError, match="no password was sent"):
+        Rotator(sm_client, security=tls_security(tls_postgres)).rotate(app.secret_id)
+    assert hostile.startups and hostile.passwords == []
+
+
+def test_the_allow_list_admits_another_name_for_the_admins_server(
+    sm_client: Any, tls_postgres: LocalPostgres
+) -> None:
+    """`localhost` is the bed's server by another name; it is allowed only when
+    listed, and then TLS still refuses it: the certificate is for 127.0.0.1."""
+    app = make_app(sm_client, tls_postgres, app={"host": "localhost"})
+    with pytest.raises(AdminHostError, match="names the server localhost:"):
+        Rotator(sm_client, security=tls_security(tls_postgres)).rotate(app.secret_id)
+    allowing = tls_security(tls_postgres, allowed_hosts=frozenset({"LOCALHOST."}))
+    with pytest.raises(TLSSetupError, match='does not match host name "localhost"'):
+        Rotator(sm_client, security=allowing).rotate(app.secret_id)
+
+
+def test_host_names_compare_without_case_trailing_dot_or_default_port(
+    sm_client: Any, tls_postgres: LocalPostgres
+) -> None:
+    app = make_app(sm_client, tls_postgres)
+    admin = admin_login(sm_client, app.admin_id, rds=None, secret_id="x", dbname=None)
+    security = SecuritySettings()
+    admin.server.check_app_host("x", "127.0.0.1.", tls_postgres.port, security, what="t")
+    with pytest.raises(AdminHostError, match=r"127\.0\.0\.1:5432"):
+        admin.server.check_app_host("x", "127.0.0.1", None, security, what="t")
+
+
+# -- RDS-managed admin secrets (moto's RDS API; the fake endpoints are never resolved) --
+
+
+@pytest.fixture
+def rds(secretsmanager: LocalSecretsManager) -> Any:
+    return secretsmanager.rds_client()
+
+
+def test_an_rds_master_secret_is_found_through_its_instance_tag(
+    sm_client: Any, rds: Any, tls_postgres: LocalPostgres
+) -> None:
+    n = unique().replace("_", "-")
+    instance = rds.create_db_instance(
+        DBInstanceIdentifier=f"db-{n}", Engine="postgres", DBInstanceClass="db.t3.micro",
+        MasterUsername="postgres", ManageMasterUserPassword=True, AllocatedStorage=20,
+    )["DBInstance"]  # fmt: skip
+    replica = rds.create_db_instance_read_replica(
+        DBInstanceIdentifier=f"db-{n}-replica", SourceDBInstanceIdentifier=f"db-{n}"
+    )["DBInstance"]
+    # The master secret RDS made carries only its tags for a host.
+    master_arn = instance["MasterUserSecret"]["SecretArn"]
+    tags = sm_client.describe_secret(SecretId=master_arn)["Tags"]
+    assert {t["Key"] for t in tags} >= {"aws:rds:primaryDBInstanceArn"}
+    sm_client.put_secret_value(
+        SecretId=master_arn, SecretString=json.dumps({"username": "postgres", "password": "pw"})
+    )
+
+    admin = admin_login(sm_client, master_arn, lambda: rds, secret_id="app", dbname="app")
+    endpoint = instance["Endpoint"]["Address"]
+    assert (admin.server.address.host, admin.server.address.port) == (endpoint, 5432)
+    assert admin.credentials.host == endpoint and admin.use_tls
+    security = SecuritySettings()
+    admin.server.check_app_host("app", endpoint.upper(), 5432, security, what="t")
+    admin.server.check_app_host("app", replica["Endpoint"]["Address"], None, security, what="t")
+    with pytest.raises(AdminHostError, match=f"RDS DB instance {instance['DBInstanceArn']}"):
+        admin.server.check_app_host("app", "127.0.0.1", tls_postgres.port, security, what="t")
+
+
+def test_an_rds_cluster_secret_is_found_and_its_reader_endpoint_accepted(
+    sm_client: Any, rds: Any
+) -> None:
+    n = unique().replace("_", "-")
+    cluster = rds.create_db_cluster(
+        DBClusterIdentifier=f"cl-{n}", Engine="aurora-postgresql",
+        MasterUsername="postgres", MasterUserPassword="x" * 12,
+    )["DBCluster"]  # fmt: skip
+    # A tag key in another case, as AWS compares them case-insensitively.
+    master = create(
+        sm_client, f"security/cluster-master-{n}", {"username": "postgres", "password": "pw"},
+        Tags=[{"Key": "aws:rds:primarydbclusterarn", "Value": cluster["DBClusterArn"]}],
+    )  # fmt: skip
+    admin = admin_login(sm_client, master, lambda: rds, secret_id="app", dbname=None)
+    assert admin.server.address.host == cluster["Endpoint"]
+    admin.server.check_app_host(
+        "app", cluster["ReaderEndpoint"], 5432, SecuritySettings(), what="t"
+    )
+
+
+def test_a_rotation_whose_app_host_is_not_the_rds_endpoint_is_refused_before_any_login(
+    sm_client: Any, rds: Any, tls_postgres: LocalPostgres
+) -> None:
+    n = unique().replace("_", "-")
+    instance = rds.create_db_instance(
+        DBInstanceIdentifier=f"db-{n}", Engine="postgres", DBInstanceClass="db.t3.micro",
+        MasterUsername="postgres", MasterUserPassword="x" * 12, AllocatedStorage=20,
+    )["DBInstance"]  # fmt: skip
+    app = make_app(
+        sm_client,
+        tls_postgres,
+        admin={"host": None, "port": None},
+        admin_tags=[{"Key": "aws:rds:primaryDBInstanceArn", "Value": instance["DBInstanceArn"]}],
+    )
+    rotator = Rotator(sm_client, security=tls_security(tls_postgres), rds_client=rds)
+    with pytest.raises(AdminHostError, match=instance["Endpoint"]["Address"]):
+        rotator.run_step(app.secret_id, str(uuid.uuid4()), "createSecret", check_enabled=False)
+    versions = sm_client.list_secret_version_ids(SecretId=app.secret_id)["Versions"]
+    assert len(versions) == 1  # nothing staged
+
+
+# -- verified TLS ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("strategy", ["single", "alternating"])
+def test_a_certificate_from_another_ca_is_refused(
+    sm_client: Any,
+    tls_postgres: LocalPostgres,
+    lambda_env: None,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    strategy: str,
+) -> None:
+    other = CertificateAuthority.create("another CA").write_cert(tmp_path / "other.pem")
+    monkeypatch.setenv("SSL_ROOT_CERT", str(other))
+    app = make_app(sm_client, tls_postgres, strategy)
+    token = sm_client.rotate_secret(SecretId=app.secret_id, RotationLambdaARN=LOCAL_LAMBDA_ARN)[
+        "VersionId"
+    ]
+    invoke(app.secret_id, token, "createSecret")
+    with pytest.raises(TLSSetupError, match=r"certificate verify failed.*SSL_ROOT_CERT"):
+        invoke(app.secret_id, token, "setSecret")
+
+
+def test_no_plaintext_fall_back_when_the_secret_has_no_ssl_key(
+    sm_client: Any, postgres: LocalPostgres, capsys: pytest.CaptureFixture[str]
+) -> None:
+    app = make_app(sm_client, postgres, "single", app={"ssl": None})
+
+    code, out = run_cli(capsys, "rotate", "--secret-id", app.secret_id)
+    assert code == 2
+    assert "server does not support SSL" in out and "--ssl-root-cert" in out
+
+
+def test_ssl_false_works_against_a_plain_server_and_says_tls_is_off(
+    sm_client: Any, postgres: LocalPostgres, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = make_app(sm_client, postgres, "alternating")
+    caplog.set_level(logging.WARNING, logger="rotating_pool.rotation")
+    result = Rotator(sm_client).rotate(app.secret_id)
+    assert result.username == app.schema.users[1]
+    off = [r.getMessage() for r in caplog.records if "TLS is off" in r.getMessage()]
+    assert any("admin login" in m for m in off) and any("AWSPENDING" in m for m in off)
+
+
+def test_a_libpq_older_than_16_is_refused_naming_the_binary_wheel(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(psycopg.pq, "version", lambda: 150008)
+    with pytest.raises(TLSSetupError, match=r"libpq 15\.8 .*psycopg\[binary\]"):
+        check_libpq()
+
+
+# -- inside the Lambda's time ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seconds", [2.0, 3.6])
+def test_a_step_fails_within_the_lambdas_time_when_the_database_does_not_answer(
+    sm_client: Any, tls_postgres: LocalPostgres, lambda_env: None, seconds: float
+) -> None:
+    """With 2 s left a login cannot fit (psycopg waits at least 2 s): refused
+    at once. With 3.6 s left the login waits 3 s, not CONNECT_TIMEOUT's 5."""
+    with HostileServer("silent") as silent:
+        app = make_app(
+            sm_client, tls_postgres, "single", app={"host": silent.host, "port": silent.port}
+        )
+        token = sm_client.rotate_secret(SecretId=app.secret_id, RotationLambdaARN=LOCAL_LAMBDA_ARN)[
+            "VersionId"
+        ]
+        invoke(app.secret_id, token, "createSecret")
+        context = LambdaContext(seconds)
+        started = time.monotonic()
+        with pytest.raises(StepDeadlineError, match="Secrets Manager retries"):
+            invoke(app.secret_id, token, "setSecret", context)
+        elapsed = time.monotonic() - started
+        assert elapsed < seconds
+        assert (silent.connections > 0) == (seconds > 3)
+
+
+# -- settings from AWSCURRENT, takeovers, hints ----------------------------------------
+
+
+def test_pending_rotation_keys_that_disagree_with_current_are_refused(
+    sm_client: Any, tls_postgres: LocalPostgres, lambda_env: None
+) -> None:
+    app = make_app(sm_client, tls_postgres)
+    other_admin = create(
+        sm_client, f"security/other-admin-{unique()}", tls_postgres.admin_document()
+    )
+    token = sm_client.rotate_secret(SecretId=app.secret_id, RotationLambdaARN=LOCAL_LAMBDA_ARN)[
+        "VersionId"
+    ]
+    current = json.loads(sm_client.get_secret_value(SecretId=app.secret_id)["SecretString"])
+    staged = {**current, "username": app.schema.users[1], "masterarn": other_admin}
+    sm_client.put_secret_value(
+        SecretId=app.secret_id, ClientRequestToken=token, SecretString=json.dumps(staged),
+        VersionStages=["AWSPENDING"],
+    )  # fmt: skip
+    invoke(app.secret_id, token, "createSecret")  # keeps the value already there
+    for step in ("setSecret", "testSecret"):
+        with pytest.raises(SettingsMismatchError, match="'masterarn'"):
+            invoke(app.secret_id, token, step)
+
+
+def test_a_rotation_taken_over_by_another_token_stops_with_a_clear_error(
+    sm_client: Any, tls_postgres: LocalPostgres, lambda_env: None
+) -> None:
+    app = make_app(sm_client, tls_postgres)
+    token = sm_client.rotate_secret(SecretId=app.secret_id, RotationLambdaARN=LOCAL_LAMBDA_ARN)[
+        "VersionId"
+    ]
+    invoke(app.secret_id, token, "createSecret")
+    # `rotating-pool rotate --token NEW` while the Lambda is between steps.
+    Rotator(sm_client, security=tls_security(tls_postgres)).rotate(
+        app.secret_id, token=str(uuid.uuid4())
+    )
+    for step in ("setSecret", "testSecret", "finishSecret"):
+        with pytest.raises(RotationTakenOverError, match="another rotation took over"):
+            invoke(app.secret_id, token, step)
+
+
+def test_the_role_setup_hint_quotes_the_names(sm_client: Any, tls_postgres: LocalPostgres) -> None:
+    app = make_app(sm_client, tls_postgres)
+    user = app.schema.users[1]
+    with tls_postgres.admin_connect() as conn:
+        conn.execute(
+            psycopg.sql.SQL("ALTER ROLE {} RESET role").format(psycopg.sql.Identifier(user))
+        )
+    with pytest.raises(RoleSetupError) as caught:
+        Rotator(sm_client, security=tls_security(tls_postgres)).rotate(app.secret_id)
+    role = app.schema.role
+    assert f'GRANT "{role}" TO "{user}"' in str(caught.value)
+    assert f"ALTER ROLE \"{user}\" SET role TO '{role}'" in str(caught.value)
