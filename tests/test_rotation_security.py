@@ -30,6 +30,8 @@ from rotating_pool.local import (
 from rotating_pool.rotation import (
     AdminHostError,
     AuthenticationMethodError,
+    BootstrapPlan,
+    PrivilegedRoleError,
     RoleSetupError,
     RotationTakenOverError,
     Rotator,
@@ -37,6 +39,7 @@ from rotating_pool.rotation import (
     SettingsMismatchError,
     StepDeadlineError,
     TLSSetupError,
+    bootstrap,
     lambda_handler,
     secret_status,
 )
@@ -466,3 +469,118 @@ def test_the_role_setup_hint_quotes_the_names(sm_client: Any, tls_postgres: Loca
     role = app.schema.role
     assert f'GRANT "{role}" TO "{user}"' in str(caught.value)
     assert f"ALTER ROLE \"{user}\" SET role TO '{role}'" in str(caught.value)
+
+
+# -- bootstrap checks existing roles before it changes anything --------------------------
+
+
+def roles_state(server: LocalPostgres, names: list[str]) -> dict[str, tuple[Any, ...]]:
+    """Each existing role's attributes, password verifier and memberships."""
+    with server.admin_connect() as conn:
+        rows = conn.execute(
+            "SELECT r.rolname, r.rolcanlogin, a.rolpassword, r.rolconfig,"
+            " ARRAY(SELECT roleid::regrole::text FROM pg_auth_members WHERE member = r.oid)"
+            " FROM pg_roles r JOIN pg_authid a ON a.oid = r.oid WHERE r.rolname = ANY(%s)",
+            [names],
+        ).fetchall()
+    return {row[0]: tuple(row[1:]) for row in rows}
+
+
+def privileged_setups(n: str) -> dict[str, tuple[list[str], str]]:
+    """Case -> (SQL making an existing role `r_<n>` or user `u_<n>` unfit, expected words)."""
+    r, u, mid = f'"r_{n}"', f'"u_{n}"', f'"mid_{n}"'
+    return {
+        "superuser group role": ([f"CREATE ROLE {r} NOLOGIN SUPERUSER"], "is a superuser"),
+        "createrole user": ([f"CREATE ROLE {u} LOGIN CREATEROLE"], "has CREATEROLE"),
+        "createdb user": ([f"CREATE ROLE {u} LOGIN CREATEDB"], "has CREATEDB"),
+        "replication user": ([f"CREATE ROLE {u} LOGIN REPLICATION"], "has REPLICATION"),
+        "bypassrls user": ([f"CREATE ROLE {u} LOGIN BYPASSRLS"], "has BYPASSRLS"),
+        "member of a privileged role, through another": (
+            [
+                f"CREATE ROLE {mid} NOLOGIN",
+                f"CREATE ROLE priv_{n} NOLOGIN CREATEDB",
+                f"GRANT priv_{n} TO {mid}",
+                f"CREATE ROLE {u} LOGIN",
+                f"GRANT {mid} TO {u}",
+            ],
+            f"is a member of priv_{n}",
+        ),
+        "member of rds_superuser": (
+            [
+                "DO $$BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'rds_superuser')"
+                " THEN CREATE ROLE rds_superuser NOLOGIN; END IF; END$$",
+                f"CREATE ROLE {r} NOLOGIN",
+                f"GRANT rds_superuser TO {r}",
+            ],
+            "is a member of rds_superuser",
+        ),
+        "member of a pg_ role": (
+            [f"CREATE ROLE {u} LOGIN", f"GRANT pg_read_all_data TO {u}"],
+            "is a member of pg_read_all_data",
+        ),
+        "group role that can log in": ([f"CREATE ROLE {r} LOGIN"], "can log in"),
+    }
+
+
+@pytest.mark.parametrize("case", list(privileged_setups("x")))
+def test_bootstrap_refuses_an_unfit_existing_role_and_changes_nothing(
+    sm_client: Any, tls_postgres: LocalPostgres, case: str
+) -> None:
+    n = unique()
+    statements, words = privileged_setups(n)[case]
+    with tls_postgres.admin_connect() as conn:
+        for statement in statements:
+            conn.execute(statement.encode())
+    names = [f"r_{n}", f"u_{n}", f"v_{n}"]
+    before = roles_state(tls_postgres, names)
+    admin = create(sm_client, f"security/boot-admin-{n}", tls_postgres.admin_document())
+    plan = BootstrapPlan(
+        secret_name=f"security/boot-{n}", admin_secret_id=admin, role=names[0],
+        users=(names[1], names[2]), dbname=f"boot_{n}", create_database=True,
+    )  # fmt: skip
+
+    with pytest.raises(PrivilegedRoleError, match=words) as refused:
+        bootstrap(plan, sm_client, security=tls_security(tls_postgres))
+
+    assert "nothing was changed" in str(refused.value)
+    assert roles_state(tls_postgres, names) == before
+    with pytest.raises(sm_client.exceptions.ResourceNotFoundException):
+        sm_client.describe_secret(SecretId=plan.secret_name)
+    with tls_postgres.admin_connect() as conn:
+        assert (
+            conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [plan.dbname]).fetchone()
+            is None
+        )
+
+
+def test_bootstrap_refuses_the_admin_as_a_user(
+    sm_client: Any, tls_postgres: LocalPostgres, capsys: pytest.CaptureFixture[str]
+) -> None:
+    n = unique()
+    admin = create(sm_client, f"security/boot-admin-{n}", tls_postgres.admin_document())
+    code, out = run_cli(
+        capsys, "bootstrap", "--secret-name", f"security/boot-{n}", "--admin-secret-id", admin,
+        "--role", f"r_{n}", "--users", f"u_{n}", "postgres", "--dbname", "postgres",
+        "--ssl-root-cert", str(tls_postgres.ca_path),
+    )  # fmt: skip
+    assert code == 2
+    assert "postgres is the admin running this script" in out
+    assert not roles_state(tls_postgres, [f"r_{n}", f"u_{n}"])
+
+
+def test_bootstrap_print_sql_shows_the_check_and_the_check_refuses_by_hand(
+    sm_client: Any, tls_postgres: LocalPostgres, capsys: pytest.CaptureFixture[str]
+) -> None:
+    n = unique()
+    admin = create(sm_client, f"security/boot-admin-{n}", tls_postgres.admin_document())
+    code, out = run_cli(
+        capsys, "bootstrap", "--secret-name", f"security/boot-{n}", "--admin-secret-id", admin,
+        "--role", f"r_{n}", "--dbname", "postgres", "--print-sql",
+    )  # fmt: skip
+    assert code == 0 and "rolsuper" in out and "TEMPORARY" not in out
+    with tls_postgres.admin_connect() as conn:
+        conn.execute(f'CREATE ROLE "r_{n}_a" LOGIN CREATEROLE'.encode())
+        # The whole printed script, run by hand, stops at the check.
+        with pytest.raises(psycopg.errors.RaiseException, match="has CREATEROLE"):
+            conn.execute(out.encode())
+    assert not roles_state(tls_postgres, [f"r_{n}"])
