@@ -141,7 +141,7 @@ def test_tls_bed_serves_verified_tls_only(tls_postgres: LocalPostgres) -> None:
         assert conn.pgconn.ssl_in_use
     assert "ssl" not in tls_postgres.admin_document()
     plain = {**tls_postgres.tls_params(), "sslmode": "disable"}
-    with pytest.raises(psycopg.OperationalError, match="no pg_hba.conf entry"):
+    with pytest.raises(psycopg.OperationalError, match=r"no pg_hba\.conf entry"):
         psycopg.connect(
             host=tls_postgres.host, port=tls_postgres.port, user="postgres",
             password=tls_postgres.admin_password, connect_timeout=5, **plain,

@@ -553,16 +553,24 @@ def test_bootstrap_refuses_an_unfit_existing_role_and_changes_nothing(
         )
 
 
+def bootstrap_cli(
+    capsys: pytest.CaptureFixture[str], sm_client: Any, server: LocalPostgres, *extra: str
+) -> tuple[str, int, str]:
+    """`rotating-pool bootstrap` for group role `r_<n>` on the TLS bed: (n, exit code, output)."""
+    n = unique()
+    admin = create(sm_client, f"security/boot-admin-{n}", server.admin_document())
+    code, out = run_cli(
+        capsys, "bootstrap", "--secret-name", f"security/boot-{n}", "--admin-secret-id", admin,
+        "--role", f"r_{n}", "--dbname", "postgres", "--ssl-root-cert", str(server.ca_path),
+        *(arg.replace("{n}", n) for arg in extra),
+    )  # fmt: skip
+    return n, code, out
+
+
 def test_bootstrap_refuses_the_admin_as_a_user(
     sm_client: Any, tls_postgres: LocalPostgres, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    n = unique()
-    admin = create(sm_client, f"security/boot-admin-{n}", tls_postgres.admin_document())
-    code, out = run_cli(
-        capsys, "bootstrap", "--secret-name", f"security/boot-{n}", "--admin-secret-id", admin,
-        "--role", f"r_{n}", "--users", f"u_{n}", "postgres", "--dbname", "postgres",
-        "--ssl-root-cert", str(tls_postgres.ca_path),
-    )  # fmt: skip
+    n, code, out = bootstrap_cli(capsys, sm_client, tls_postgres, "--users", "u_{n}", "postgres")
     assert code == 2
     assert "postgres is the admin running this script" in out
     assert not roles_state(tls_postgres, [f"r_{n}", f"u_{n}"])
@@ -571,12 +579,7 @@ def test_bootstrap_refuses_the_admin_as_a_user(
 def test_bootstrap_print_sql_shows_the_check_and_the_check_refuses_by_hand(
     sm_client: Any, tls_postgres: LocalPostgres, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    n = unique()
-    admin = create(sm_client, f"security/boot-admin-{n}", tls_postgres.admin_document())
-    code, out = run_cli(
-        capsys, "bootstrap", "--secret-name", f"security/boot-{n}", "--admin-secret-id", admin,
-        "--role", f"r_{n}", "--dbname", "postgres", "--print-sql",
-    )  # fmt: skip
+    n, code, out = bootstrap_cli(capsys, sm_client, tls_postgres, "--print-sql")
     assert code == 0 and "rolsuper" in out and "TEMPORARY" not in out
     with tls_postgres.admin_connect() as conn:
         conn.execute(f'CREATE ROLE "r_{n}_a" LOGIN CREATEROLE'.encode())

@@ -172,9 +172,7 @@ def bootstrap_sql(
         ]
     statements += [
         _render(
-            sql.SQL("GRANT CONNECT ON DATABASE {} TO {};").format(
-                sql.Identifier(dbname), role_id
-            )
+            sql.SQL("GRANT CONNECT ON DATABASE {} TO {};").format(sql.Identifier(dbname), role_id)
         ),
         _render(
             sql.SQL("GRANT USAGE, CREATE ON SCHEMA {} TO {};").format(

@@ -167,9 +167,7 @@ def try_login(
             return None, attempt
         # `from None`: the message is kept (no password is ever in it) but the
         # driver's traceback adds nothing an operator can act on.
-        raise _failure(
-            exc, reason, what, options=options, shrunk=shrunk, timeout=timeout
-        ) from None
+        raise _failure(exc, reason, what, options=options, shrunk=shrunk, timeout=timeout) from None
     return conn, LoginAttempt(source, credentials.username, None)
 
 
@@ -228,7 +226,7 @@ def _failure(
             f"{what}: verified TLS failed ({reason}); the server must offer TLS with a "
             f"certificate for this host name signed by a CA in {setting} (now "
             f"{options.security.ssl_root_cert!r}): for RDS, point {setting} at the RDS CA "
-            "bundle; a secret whose server has no TLS must say \"ssl\": false"
+            'bundle; a secret whose server has no TLS must say "ssl": false'
         )
     return DatabaseUnavailableError(
         f"cannot {what}: {reason}; check that the server is up, reachable from here (security "

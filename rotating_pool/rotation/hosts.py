@@ -104,7 +104,7 @@ class AdminServer:
         if not host:
             raise AdminHostError(
                 f"secret {secret_id!r}: {what} has no 'host', so it cannot be checked against the "
-                f"admin's server ({self.address}, {self.found_by}); add \"host\" to the secret",
+                f'admin\'s server ({self.address}, {self.found_by}); add "host" to the secret',
                 secret_id=secret_id,
                 key="host",
             )
@@ -175,7 +175,7 @@ def find_admin_server(
     raise AdminHostError(
         f"secret {secret_id!r}: the admin secret {admin_versions.secret_id!r} has no 'host' and "
         f"is not a secret RDS manages (no {RDS_INSTANCE_TAG} or {RDS_CLUSTER_TAG} tag), so "
-        "nothing says which server its password is for: add \"host\" (and \"port\") to the "
+        'nothing says which server its password is for: add "host" (and "port") to the '
         "admin secret",
         secret_id=secret_id,
         key="masterarn",
