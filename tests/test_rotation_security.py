@@ -587,3 +587,12 @@ def test_bootstrap_print_sql_shows_the_check_and_the_check_refuses_by_hand(
         with pytest.raises(psycopg.errors.RaiseException, match="has CREATEROLE"):
             conn.execute(out.encode())
     assert not roles_state(tls_postgres, [f"r_{n}"])
+
+
+def test_bootstrap_host_must_be_the_admins_server(
+    sm_client: Any, tls_postgres: LocalPostgres, capsys: pytest.CaptureFixture[str]
+) -> None:
+    n, code, out = bootstrap_cli(capsys, sm_client, tls_postgres, "--host", "127.0.0.2")
+    assert code == 2
+    assert "--host names the server 127.0.0.2:" in out and "--allowed-host" in out
+    assert not roles_state(tls_postgres, [f"r_{n}", f"r_{n}_a"])
