@@ -18,6 +18,7 @@ Both need libpq 16 or later, which psycopg's binary wheel bundles.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,6 +45,9 @@ SYSTEM_ROOT_CERT = "system"
 LAMBDA_ROOT_CERT = "/etc/pki/tls/cert.pem"
 # require_auth and sslrootcert=system arrived in libpq 16.
 MIN_LIBPQ = 160000
+
+_tls_off_seen: set[tuple[str, str]] = set()
+_tls_off_lock = threading.Lock()
 
 
 def normalize_host(host: str) -> str:
@@ -123,7 +127,9 @@ class SecuritySettings:
 def tls_wanted(secret_id: str, document: Mapping[str, Any], *, what: str) -> bool:
     """Whether a login with this secret document uses verified TLS.
 
-    Only ``"ssl": false`` (or ``"false"``) turns it off, and that is logged.
+    Only ``"ssl": false`` (or ``"false"``) turns it off, and that is logged
+    (WARNING the first time per secret and kind of login in this process, INFO
+    after).
 
     Raises:
         RotationConfigError: ``ssl`` is neither a boolean nor "true"/"false".
@@ -139,8 +145,17 @@ def tls_wanted(secret_id: str, document: Mapping[str, Any], *, what: str) -> boo
             key="ssl",
         )
     if not value:
-        logger.warning(
-            'secret %r: TLS is off for the %s login ("ssl": false in the secret)', secret_id, what
+        # WARNING the first time in this process (a console at WARNING sees it
+        # once, not at every login), INFO after: a Lambda's steps log at INFO.
+        key = (secret_id, what)
+        with _tls_off_lock:
+            first = key not in _tls_off_seen
+            _tls_off_seen.add(key)
+        logger.log(
+            logging.WARNING if first else logging.INFO,
+            'secret %r: TLS is off for the %s login ("ssl": false in the secret)',
+            secret_id,
+            what,
         )
     return value
 
