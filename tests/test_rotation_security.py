@@ -266,14 +266,21 @@ def rds(secretsmanager: LocalSecretsManager) -> Any:
     return secretsmanager.rds_client()
 
 
+def rds_instance(rds: Any, identifier: str, **password: Any) -> dict[str, Any]:
+    """A moto RDS PostgreSQL instance (its endpoint is a fake name: never resolved)."""
+    return dict(
+        rds.create_db_instance(
+            DBInstanceIdentifier=identifier, Engine="postgres", DBInstanceClass="db.t3.micro",
+            MasterUsername="postgres", AllocatedStorage=20, **password,
+        )["DBInstance"]
+    )  # fmt: skip
+
+
 def test_an_rds_master_secret_is_found_through_its_instance_tag(
     sm_client: Any, rds: Any, tls_postgres: LocalPostgres
 ) -> None:
     n = unique().replace("_", "-")
-    instance = rds.create_db_instance(
-        DBInstanceIdentifier=f"db-{n}", Engine="postgres", DBInstanceClass="db.t3.micro",
-        MasterUsername="postgres", ManageMasterUserPassword=True, AllocatedStorage=20,
-    )["DBInstance"]  # fmt: skip
+    instance = rds_instance(rds, f"db-{n}", ManageMasterUserPassword=True)
     replica = rds.create_db_instance_read_replica(
         DBInstanceIdentifier=f"db-{n}-replica", SourceDBInstanceIdentifier=f"db-{n}"
     )["DBInstance"]
@@ -320,10 +327,7 @@ def test_a_rotation_whose_app_host_is_not_the_rds_endpoint_is_refused_before_any
     sm_client: Any, rds: Any, tls_postgres: LocalPostgres
 ) -> None:
     n = unique().replace("_", "-")
-    instance = rds.create_db_instance(
-        DBInstanceIdentifier=f"db-{n}", Engine="postgres", DBInstanceClass="db.t3.micro",
-        MasterUsername="postgres", MasterUserPassword="x" * 12, AllocatedStorage=20,
-    )["DBInstance"]  # fmt: skip
+    instance = rds_instance(rds, f"db-{n}", MasterUserPassword="x" * 12)
     app = make_app(
         sm_client,
         tls_postgres,
