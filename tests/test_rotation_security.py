@@ -605,3 +605,56 @@ def test_bootstrap_host_must_be_the_admins_server(
     assert code == 2
     assert "--host names the server 127.0.0.2:" in out and "--allowed-host" in out
     assert not roles_state(tls_postgres, [f"r_{n}", f"r_{n}_a"])
+
+
+def test_a_takeover_in_the_middle_of_a_step_is_told_apart(
+    sm_client: Any, tls_postgres: LocalPostgres, secretsmanager: LocalSecretsManager
+) -> None:
+    """The AWSPENDING label moves to another version between the step's label
+    check and its read of the pending value."""
+    app = make_app(sm_client, tls_postgres)
+    rotator = Rotator(sm_client, security=tls_security(tls_postgres))
+    token = str(uuid.uuid4())
+    rotator.run_step(app.secret_id, token, "createSecret", check_enabled=False)
+    other = secretsmanager.client()  # another rotation's own client
+    pending_value = sm_client.get_secret_value(SecretId=app.secret_id, VersionId=token)
+
+    def take_over(params: dict[str, Any], **_: Any) -> None:
+        if params.get("VersionStage") == "AWSPENDING" and params.get("VersionId") == token:
+            sm_client.meta.events.unregister(
+                "before-parameter-build.secrets-manager.GetSecretValue", take_over
+            )
+            other.put_secret_value(
+                SecretId=app.secret_id, SecretString=pending_value["SecretString"],
+                VersionStages=["AWSPENDING"],
+            )  # fmt: skip
+
+    sm_client.meta.events.register(
+        "before-parameter-build.secrets-manager.GetSecretValue", take_over
+    )
+    with pytest.raises(RotationTakenOverError, match="holds it now"):
+        rotator.run_step(app.secret_id, token, "setSecret", check_enabled=False)
+
+
+def test_a_takeover_during_finish_secret_is_told_apart(
+    sm_client: Any, tls_postgres: LocalPostgres, secretsmanager: LocalSecretsManager
+) -> None:
+    app = make_app(sm_client, tls_postgres)
+    rotator = Rotator(sm_client, security=tls_security(tls_postgres))
+    token = str(uuid.uuid4())
+    for step in ("createSecret", "setSecret", "testSecret"):
+        rotator.run_step(app.secret_id, token, step, check_enabled=False)
+    other = secretsmanager.client()
+    value = sm_client.get_secret_value(SecretId=app.secret_id, VersionId=token)["SecretString"]
+    event = "before-parameter-build.secrets-manager.UpdateSecretVersionStage"
+
+    def take_over(params: dict[str, Any], **_: Any) -> None:
+        if params.get("VersionStage") == "AWSPENDING":
+            sm_client.meta.events.unregister(event, take_over)
+            other.put_secret_value(
+                SecretId=app.secret_id, SecretString=value, VersionStages=["AWSPENDING"]
+            )
+
+    sm_client.meta.events.register(event, take_over)
+    with pytest.raises(RotationTakenOverError, match="stops at finishSecret"):
+        rotator.run_step(app.secret_id, token, "finishSecret", check_enabled=False)

@@ -167,8 +167,9 @@ class SecretVersions:
     ) -> SecretVersion | None:
         """GetSecretValue of one version, by stage, id, or both (then both must match).
 
-        Returns None when there is no such version or it has no value yet (the
-        empty AWSPENDING version RotateSecret stages before createSecret).
+        Returns None when there is no such version, it has no value yet (the
+        empty AWSPENDING version RotateSecret stages before createSecret), or
+        it does not carry `stage` (any more: another rotation took the label).
 
         Raises:
             SecretFormatError: the value is not an RDS secret document.
@@ -183,6 +184,10 @@ class SecretVersions:
             answer = self.client.get_secret_value(**kwargs)
         except botocore.exceptions.ClientError as error:
             if _code(error) == "ResourceNotFoundException":
+                return None
+            if _code(error) == "InvalidRequestException" and stage and version_id:
+                # "You provided a VersionStage that is not associated to the
+                # provided VersionId": the label is elsewhere now.
                 return None
             raise self._translate(error, "GetSecretValue") from None
         secret_string = answer.get("SecretString")
