@@ -33,6 +33,7 @@ from rotating_pool.rotation import (
     BootstrapPlan,
     PrivilegedRoleError,
     RoleSetupError,
+    RotationConfigError,
     RotationTakenOverError,
     Rotator,
     SecuritySettings,
@@ -41,6 +42,7 @@ from rotating_pool.rotation import (
     TLSSetupError,
     bootstrap,
     lambda_handler,
+    rotator_from_environment,
     secret_status,
 )
 from rotating_pool.rotation.cli import main
@@ -658,3 +660,27 @@ def test_a_takeover_during_finish_secret_is_told_apart(
     sm_client.meta.events.register(event, take_over)
     with pytest.raises(RotationTakenOverError, match="stops at finishSecret"):
         rotator.run_step(app.secret_id, token, "finishSecret", check_enabled=False)
+
+
+def test_the_lambdas_security_settings_come_from_its_environment(
+    lambda_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("SSL_ROOT_CERT")
+    default = rotator_from_environment().security
+    assert (default.ssl_root_cert, default.allow_md5, default.allowed_hosts) == (
+        "/etc/pki/tls/cert.pem",
+        False,
+        frozenset(),
+    )
+    assert default.connect_params(use_tls=True)["require_auth"] == "scram-sha-256"
+    monkeypatch.setenv("ALLOWED_HOSTS", "db.example.com, Writer.Example.com.,")
+    monkeypatch.setenv("ALLOW_MD5", "true")
+    configured = rotator_from_environment().security
+    assert configured.allowed_hosts == {"db.example.com", "writer.example.com"}
+    assert configured.connect_params(use_tls=False) == {
+        "sslmode": "disable",
+        "require_auth": "scram-sha-256,md5",
+    }
+    monkeypatch.setenv("ALLOW_MD5", "yes")
+    with pytest.raises(RotationConfigError, match="ALLOW_MD5"):
+        rotator_from_environment()
