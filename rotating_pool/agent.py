@@ -191,21 +191,26 @@ class AgentSource:
     ) -> Credentials | None:
         """Other credentials after a refusal; see `SecretSource.newer`.
 
-        The agent's cache first (another process behind the agent may have
-        refreshed it already: no Secrets Manager read), then ``refreshNow``
-        reads, which the agent shares with every process behind it. Each
-        stage is asked that way: AWSCURRENT, then AWSPENDING.
+        The agent's cache first, AWSCURRENT then AWSPENDING: another process
+        behind the agent may have refreshed them already, and then this costs
+        Secrets Manager nothing. Then ``refreshNow`` reads, whose answers the
+        agent keeps for every process behind it: AWSPENDING first, since a
+        refusal comes from setSecret on, while AWSPENDING names the password
+        the database has (single user, and the user an alternating rotation is
+        changing), then AWSCURRENT (a rotation already finished).
         """
-        stages = (AWSCURRENT, AWSPENDING) if use_pending else (AWSCURRENT,)
-        for refresh in (False, True):
-            for stage in stages:
-                credentials = self.fetch(stage, refresh=refresh)
-                if (
-                    credentials is not None
-                    and credentials != rejected
-                    and credentials.version_id not in refused
-                ):
-                    return credentials
+        asks = [(AWSCURRENT, False), (AWSPENDING, False), (AWSPENDING, True), (AWSCURRENT, True)]
+        pending_checked = not use_pending
+        for stage, refresh in asks:
+            if stage == AWSPENDING and pending_checked:
+                continue
+            credentials = self.fetch(stage, refresh=refresh)
+            if credentials is None:
+                # The agent caches no error: "no such version" came from
+                # Secrets Manager just now, and asking again would cost a read.
+                pending_checked = True
+            elif credentials != rejected and credentials.version_id not in refused:
+                return credentials
         return None
 
     def after_fork(self) -> None:

@@ -257,10 +257,10 @@ def test_a_rejected_login_bypasses_the_agents_cache_with_refresh_now(make_secret
     stats = rotating_pool.stats(engine)
     assert (stats.rejected_logins, stats.recovered_logins, stats.refetches) == (1, 1, 1)
     # The agent's cache first (another worker may have refreshed it), AWSCURRENT
-    # then AWSPENDING (a single-user rotation half way), then refreshNow.
+    # then AWSPENDING, then refreshNow: AWSPENDING (a rotation half way), AWSCURRENT.
     assert [(r.version_stage, r.refresh_now, r.from_cache) for r in agent.history] == [
         (None, False, True),  # the cached AWSCURRENT: the refused password
-        ("AWSPENDING", False, False),  # none: the rotation is over
+        ("AWSPENDING", False, False),  # none: the rotation is over (asked of Secrets Manager)
         (None, True, False),  # read from Secrets Manager: AWSCURRENT moved
     ]
     # The fresh read replaced the agent's cached AWSCURRENT for every reader.
