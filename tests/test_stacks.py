@@ -171,16 +171,13 @@ def test_each_sync_driver_works_through_pgbouncer_transaction_mode_with_the_read
     engine.dispose()
 
 
-@pytest.mark.parametrize("driver", sorted(ASYNC_TRANSACTION_MODE))
-def test_each_async_driver_works_through_pgbouncer_transaction_mode_with_the_readme_settings(
-    pgbouncer, make_secret, driver
-):
-    query, options = ASYNC_TRANSACTION_MODE[driver]
+def async_errors_through(pgbouncer, arn, driver, query="", **options) -> list[str]:
+    """`async_statement_errors` through an async engine of `driver` via PgBouncer."""
 
     async def scenario():
         engine = rotating_pool.create_async_engine(
             f"postgresql+{driver}://{pgbouncer.host}:{pgbouncer.port}/{query}",
-            secret_id=make_secret(),
+            secret_id=arn,
             pool_size=8,
             **options,
         )
@@ -189,7 +186,15 @@ def test_each_async_driver_works_through_pgbouncer_transaction_mode_with_the_rea
         finally:
             await engine.dispose()
 
-    assert asyncio.run(scenario()) == []
+    return asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("driver", sorted(ASYNC_TRANSACTION_MODE))
+def test_each_async_driver_works_through_pgbouncer_transaction_mode_with_the_readme_settings(
+    pgbouncer, make_secret, driver
+):
+    query, options = ASYNC_TRANSACTION_MODE[driver]
+    assert async_errors_through(pgbouncer, make_secret(), driver, query, **options) == []
 
 
 def test_control_psycopg_without_the_setting_fails_through_transaction_mode(pgbouncer, make_secret):
@@ -204,18 +209,8 @@ def test_control_psycopg_without_the_setting_fails_through_transaction_mode(pgbo
 
 
 def test_control_asyncpg_without_the_setting_fails_through_transaction_mode(pgbouncer, make_secret):
-    async def scenario():
-        engine = rotating_pool.create_async_engine(
-            f"postgresql+asyncpg://{pgbouncer.host}:{pgbouncer.port}/",
-            secret_id=make_secret(),
-            pool_size=8,
-        )
-        try:
-            return await async_statement_errors(engine)
-        finally:
-            await engine.dispose()
-
-    assert any("prepared statement" in error for error in asyncio.run(scenario()))
+    errors = async_errors_through(pgbouncer, make_secret(), "asyncpg")
+    assert any("prepared statement" in error for error in errors)
 
 
 # -- the RDS Proxy stand-in -----------------------------------------------------------
