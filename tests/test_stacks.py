@@ -328,3 +328,35 @@ def test_rds_standin_stop_closes_relayed_connections(postgres, sm_client, rds_se
         conn.execute("SELECT 1")
     conn.close()
     proxy.stop()  # twice is harmless
+
+
+def test_an_engine_ahead_of_the_rds_proxy_retries_until_the_proxy_has_read_the_secret(
+    rds, app_schema, sm_client, rds_secret, postgres, proxy, monkeypatch
+):
+    """The engine reads a new AWSCURRENT user the stand-in has not read yet: it is
+    refused, finds nothing newer in the secret, and tries the same credentials
+    again after each backoff delay until the stand-in reads the secret."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL_SECRETS_MANAGER", proxy.endpoint_url)
+    second = app_schema.users[1]
+    document = {**app_schema.secret_document("alternating"), "username": second}
+    set_password(postgres, second, document["password"])
+    put_version(sm_client, rds_secret, document, "AWSCURRENT")
+
+    def proxy_reads_after_two_refusals():
+        assert rds.wait_for_refusals(second, 2, timeout=15)
+        rds.refresh_now()
+
+    reader = threading.Thread(target=proxy_reads_after_two_refusals)
+    reader.start()
+    engine = rotating_pool.create_engine(
+        f"postgresql+psycopg://{rds.host}:{rds.port}/", secret_id=rds_secret
+    )
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT session_user").scalar_one() == second
+    reader.join()
+    stats = rotating_pool.stats(engine)
+    assert rds.refusals[second] >= 2
+    assert stats.recovered_logins == 1
+    # The first load, then refetches that found nothing new: no second GetSecretValue.
+    assert proxy.calls["GetSecretValue"] == 1, dict(proxy.calls)
+    engine.dispose()
