@@ -63,11 +63,18 @@ class LocalPgBouncer(LocalService):
     is PgBouncer's code for every error it raises itself, so class 08 says
     nothing about whether the login or the network failed.
 
+    PgBouncer learns a new password at the next login (it runs `auth_query`
+    for each), and refuses the old one from then on, pooled server connections
+    or not. A missing database behind the `*` entry fails PgBouncer's own
+    `auth_query` login: `server login has been failing, try again later
+    (server_login_retry)` (08P01), after holding the client while it retries.
+
     With `pool_mode = transaction` drivers must not keep named prepared
-    statements across transactions: psycopg 3 needs `prepare_threshold=None`,
-    asyncpg `statement_cache_size=0` (through SQLAlchemy:
-    `?prepared_statement_cache_size=0` in the URL and
-    `connect_args={"statement_cache_size": 0}`).
+    statements across transactions: psycopg 3 needs `prepare_threshold=None`
+    (else `prepared statement "_pg3_0" already exists`), asyncpg through
+    SQLAlchemy `?prepared_statement_cache_size=0` in the URL (else `prepared
+    statement "__asyncpg_stmt_10__" does not exist`); psycopg2 and pg8000 need
+    nothing.
 
     PgBouncer refuses to run as root: as root it runs as the `postgres` OS user.
 
@@ -186,7 +193,8 @@ class LocalPgBouncer(LocalService):
             "max_client_conn": "1000",
             "default_pool_size": "20",
             "syslog": "0",
-            # Immediate: a rotation test is the only client that waits on a failing server login.
+            # Seconds before PgBouncer tries a failed server login again (default 15):
+            # short, so that a test bed recovers quickly from a server restart.
             "server_login_retry": "1",
             **self._settings,
         }
