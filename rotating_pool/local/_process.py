@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+import subprocess
 from abc import ABC, abstractmethod
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
@@ -28,6 +29,17 @@ def free_port(host: str = "127.0.0.1") -> int:
         sock.bind((host, 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def end_process(process: subprocess.Popen[bytes], signum: int, timeout: float) -> None:
+    """Send `signum` to a child still running, wait up to `timeout` s, then kill it."""
+    if process.poll() is None:
+        process.send_signal(signum)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def log_tail(path: Path, lines: int = 30) -> str:

@@ -28,6 +28,7 @@ from rotating_pool.local._process import (
     POLL_INTERVAL,
     START_TIMEOUT,
     LocalService,
+    end_process,
     free_port,
     log_tail,
 )
@@ -145,14 +146,8 @@ class LocalPgBouncer(LocalService):
         """Shut PgBouncer down at once (SIGTERM) and remove its directory."""
         process, self._process = self._process, None
         if process is not None:
-            if process.poll() is None:
-                # SIGTERM is PgBouncer's immediate shutdown; SIGINT would wait for clients.
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(_STOP_TIMEOUT)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+            # SIGTERM is PgBouncer's immediate shutdown; SIGINT would wait for clients.
+            end_process(process, signal.SIGTERM, _STOP_TIMEOUT)
             logger.info("PgBouncer on port %s stopped", self._port)
         if self._directory is not None:
             shutil.rmtree(self._directory, ignore_errors=True)

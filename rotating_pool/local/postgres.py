@@ -35,6 +35,7 @@ from rotating_pool.local._process import (
     POLL_INTERVAL,
     START_TIMEOUT,
     LocalService,
+    end_process,
     free_port,
     log_tail,
 )
@@ -251,14 +252,8 @@ class LocalPostgres(LocalService):
         """Shut the server down (fast shutdown) and remove the directory it created."""
         process, self._process = self._process, None
         if process is not None:
-            if process.poll() is None:
-                # SIGINT is PostgreSQL's fast shutdown: ends sessions, no waiting for clients.
-                process.send_signal(signal.SIGINT)
-                try:
-                    process.wait(_STOP_TIMEOUT)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+            # SIGINT is PostgreSQL's fast shutdown: ends sessions, no waiting for clients.
+            end_process(process, signal.SIGINT, _STOP_TIMEOUT)
             logger.info("PostgreSQL on port %s stopped", self._port)
         if self._given_directory is None and self._directory is not None:
             shutil.rmtree(self._directory, ignore_errors=True)

@@ -94,9 +94,10 @@ class LocalRdsProxy(LocalService):
 
     It runs in a thread of the calling process, so it shares the GIL with the
     test's own threads: beside many busy writer threads it relays several
-    times slower than a direct connection, which is enough for a test bed. psycopg 3's blocking ``Connection.cancel()`` holds
-    the GIL inside libpq while it waits for the stand-in, which then cannot
-    answer: cancel with ``cancel_safe()`` instead.
+    times slower than a direct connection, which is enough for a test bed.
+    psycopg 3's blocking ``Connection.cancel()`` holds the GIL inside libpq
+    while it waits for the stand-in, which then cannot answer: cancel with
+    ``cancel_safe()`` instead.
 
     Args:
         client: a boto3 ``secretsmanager`` client (e.g. `LocalSecretsManager.client()`).
