@@ -41,6 +41,24 @@ def login(server, schema, user=None, password=None, **kwargs):
     )
 
 
+def asyncpg_refusal(server, schema, user, password) -> asyncpg.PostgresError:
+    """The error asyncpg raises when `server` refuses this login."""
+
+    async def attempt():
+        await asyncpg.connect(
+            host=server.host,
+            port=server.port,
+            user=user,
+            password=password,
+            database=schema.dbname,
+            ssl=False,
+        )
+
+    with pytest.raises(asyncpg.PostgresError) as info:
+        asyncio.run(attempt())
+    return info.value
+
+
 # -- PgBouncer ------------------------------------------------------------------------
 
 
@@ -69,20 +87,9 @@ def test_pgbouncer_refuses_a_wrong_password_and_a_nologin_user_in_its_own_words(
 def test_pgbouncer_reports_its_refusals_as_08P01_to_drivers_that_read_a_sqlstate(
     pgbouncer, app_schema
 ):
-    async def attempt():
-        await asyncpg.connect(
-            host=pgbouncer.host,
-            port=pgbouncer.port,
-            user=app_schema.users[0],
-            password="not-the-password",
-            database=app_schema.dbname,
-            ssl=False,
-        )
-
-    with pytest.raises(asyncpg.PostgresError) as info:
-        asyncio.run(attempt())
-    assert info.value.sqlstate == "08P01"
-    assert str(info.value) == "SASL authentication failed"
+    error = asyncpg_refusal(pgbouncer, app_schema, app_schema.users[0], "not-the-password")
+    assert error.sqlstate == "08P01"
+    assert str(error) == "SASL authentication failed"
 
 
 def test_pgbouncer_learns_a_new_password_from_the_server_at_once(pgbouncer, postgres, app_schema):
@@ -243,20 +250,9 @@ def test_rds_standin_passes_the_secrets_user_through_to_postgresql(rds, app_sche
 def test_rds_standin_refuses_a_user_it_has_no_credentials_for_with_28000(rds, app_schema):
     other = app_schema.users[1]
 
-    async def attempt():
-        await asyncpg.connect(
-            host=rds.host,
-            port=rds.port,
-            user=other,
-            password="whatever",
-            database=app_schema.dbname,
-            ssl=False,
-        )
-
-    with pytest.raises(asyncpg.PostgresError) as info:
-        asyncio.run(attempt())
-    assert info.value.sqlstate == "28000"
-    assert str(info.value) == (
+    error = asyncpg_refusal(rds, app_schema, other, "whatever")
+    assert error.sqlstate == "28000"
+    assert str(error) == (
         f"This RDS proxy has no credentials for the role {other}. "
         "Check the credentials for this role and try again."
     )
