@@ -155,37 +155,6 @@ def silent_listener() -> Iterator[int]:
         yield sock.getsockname()[1]
 
 
-def self_signed_certificate(directory: Path) -> dict[str, str]:
-    """A key and certificate for the server (openssl, from Debian's ssl-cert dependency)."""
-    key, cert = directory / "server.key", directory / "server.crt"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    key.chmod(0o600)
-    as_user = _server_user_options()
-    if as_user:
-        for path in (directory, key, cert):
-            os.chown(path, as_user["user"], as_user["group"])
-    return {"ssl": "on", "ssl_cert_file": str(cert), "ssl_key_file": str(key)}
-
-
 def capture(postgres: LocalPostgres, secretsmanager: LocalSecretsManager) -> list[Captured]:
     """Provoke every situation and return what each driver raised."""
     schema = postgres.create_app_schema(role="errs", users=("errs_a", "errs_b"))
@@ -248,13 +217,24 @@ def _fronts(
 
 
 def _small_server_cases() -> list[Captured]:
-    """Capacity, TLS, shutting down and starting up, on a server of their own."""
+    """Capacity, TLS, shutting down and starting up, on servers of their own."""
     out: list[Captured] = []
+    with LocalPostgres(tls=True) as tls_only:  # pg_hba.conf: hostssl lines only
+        out += provoke(
+            "server requires TLS (pg_hba hostssl only), client without TLS",
+            "transient",
+            {
+                "host": tls_only.host,
+                "port": tls_only.port,
+                "user": tls_only.admin_user,
+                "password": tls_only.admin_password,
+                "dbname": "postgres",
+                "sslmode": "disable",
+            },
+        )
     directory = Path(tempfile.mkdtemp(prefix="rotating-pool-errors-", dir="/tmp"))
     directory.chmod(0o711)  # the server's OS user must reach its directories in it
-    certificates = directory / "tls"
-    certificates.mkdir()
-    settings = {"superuser_reserved_connections": "0", **self_signed_certificate(certificates)}
+    settings = {"superuser_reserved_connections": "0"}
     # Slots to spare for the other cases: a refused login's backend leaves a
     # moment after the client has its answer.
     server = LocalPostgres(directory / "pg", max_connections=SLOTS, settings=settings)
@@ -273,20 +253,6 @@ def _small_server_cases() -> list[Captured]:
             for _ in range(SLOTS - 1):  # with `admin`, every slot taken
                 held.enter_context(server.admin_connect())
             out += provoke("max_connections exceeded", "transient", plain)
-        hba = server.directory / "data" / "pg_hba.conf"
-        saved = hba.read_text()
-        hba.write_text(
-            f"host all {server.admin_user} 127.0.0.1/32 scram-sha-256\n"
-            "hostssl all all 127.0.0.1/32 scram-sha-256\n"
-        )
-        admin.execute("SELECT pg_reload_conf()")
-        out += provoke(
-            "server requires TLS (pg_hba hostssl only), client without TLS",
-            "transient",
-            {**plain, "sslmode": "disable"},
-        )
-        hba.write_text(saved)
-        admin.execute("SELECT pg_reload_conf()")
         _postmaster_signal(server, signal.SIGTERM)  # smart shutdown: waits for `admin`
         out += _until_captured("the server shutting down", _SHUTTING_DOWN, plain)
         admin.close()

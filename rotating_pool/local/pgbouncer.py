@@ -25,12 +25,10 @@ from pathlib import Path
 import psycopg
 
 from rotating_pool.local._process import (
-    POLL_INTERVAL,
-    START_TIMEOUT,
     LocalService,
     end_process,
     free_port,
-    log_tail,
+    wait_for_logins,
 )
 from rotating_pool.local.postgres import LocalPostgres, _server_user_options
 
@@ -225,22 +223,4 @@ class LocalPgBouncer(LocalService):
 
     def _wait_until_ready(self) -> None:
         assert self._process is not None
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            code = self._process.poll()
-            if code is not None:
-                raise RuntimeError(
-                    f"PgBouncer exited with code {code} while starting; "
-                    f"end of {self.log_path}:\n{log_tail(self.log_path)}"
-                )
-            try:
-                with self.admin_connect() as conn:
-                    conn.execute("SELECT 1")
-                    return
-            except psycopg.OperationalError as exc:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(
-                        f"PgBouncer did not accept logins within {START_TIMEOUT:.0f} s "
-                        f"(last error: {exc}); end of {self.log_path}:\n{log_tail(self.log_path)}"
-                    ) from None
-            time.sleep(POLL_INTERVAL)
+        wait_for_logins(self._process, self.admin_connect, "PgBouncer", self.log_path)
