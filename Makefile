@@ -5,12 +5,26 @@ VENV := .venv
 # Rewritten whenever pyproject.toml changes, so `make venv` reinstalls only then.
 VENV_STAMP := $(VENV)/.installed
 PG_BIN := /usr/lib/postgresql/15/bin
+PGBOUNCER := /usr/sbin/pgbouncer
 PYTEST_ARGS ?=
 LINT_PATHS := $(wildcard rotating_pool tests examples benchmarks)
 
-.PHONY: venv postgres test lint demo demo-threads bench bench-quick
+.PHONY: venv postgres pgbouncer test lint demo demo-threads bench bench-quick
 
 venv: $(VENV_STAMP)
+
+# $(call apt_install,FILE,PACKAGE): install Debian's PACKAGE unless FILE exists
+# (as root, or through sudo).
+define apt_install
+if [ -x $(1) ]; then exit 0; fi; \
+if [ "$$(id -u)" = 0 ]; then SUDO=; \
+elif command -v sudo >/dev/null 2>&1; then SUDO=sudo; \
+else echo "$(1) is missing: install Debian's $(2) package" \
+     "(apt-get install $(2)) as root." >&2; \
+     exit 1; fi; \
+$$SUDO apt-get update && \
+$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(2)
+endef
 
 $(VENV_STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -19,16 +33,13 @@ $(VENV_STAMP): pyproject.toml
 
 # The tests run a throwaway PostgreSQL 15 from Debian's server packages.
 postgres:
-	@if [ -x $(PG_BIN)/postgres ]; then exit 0; fi; \
-	if [ "$$(id -u)" = 0 ]; then SUDO=; \
-	elif command -v sudo >/dev/null 2>&1; then SUDO=sudo; \
-	else echo "PostgreSQL 15 server binaries are missing ($(PG_BIN)/postgres):" \
-	     "install Debian's postgresql-15 package (apt-get install postgresql-15) as root." >&2; \
-	     exit 1; fi; \
-	$$SUDO apt-get update && \
-	$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends postgresql-15
+	@$(call apt_install,$(PG_BIN)/postgres,postgresql-15)
 
-test: venv postgres
+# And a PgBouncer from Debian's package in front of it (tests/test_stacks*.py).
+pgbouncer:
+	@$(call apt_install,$(PGBOUNCER),pgbouncer)
+
+test: venv postgres pgbouncer
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 lint: venv

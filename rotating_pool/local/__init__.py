@@ -11,6 +11,10 @@ Debian's packages.
   throttling, hangs, refused connections, latency and held requests.
 - `LocalAgent`: a local stand-in (not AWS's) for the Secrets Manager Agent
   sidecar: its HTTP protocol on 127.0.0.1, with a cache, in front of an endpoint.
+- `LocalPgBouncer`: PgBouncer from Debian's package in front of a
+  `LocalPostgres` (auth_query, transaction pooling).
+- `LocalRdsProxy`: a local stand-in (not AWS's) for RDS Proxy: the PostgreSQL
+  wire protocol on 127.0.0.1, letting through only the secret's AWSCURRENT user.
 - `WriteLoad`: writer threads committing one row per transaction, counting.
 - `HostileServer`: a stand-in (not PostgreSQL) for an attacker's server that
   asks for a cleartext password and records what it gets, or a dead one that
@@ -20,8 +24,10 @@ Debian's packages.
 
 from rotating_pool.local.agent import LocalAgent
 from rotating_pool.local.hostile import HostileServer, StartupRecord
+from rotating_pool.local.pgbouncer import LocalPgBouncer
 from rotating_pool.local.postgres import AppSchema, LocalPostgres
 from rotating_pool.local.proxy import FaultProxy
+from rotating_pool.local.rdsproxy import LocalRdsProxy
 from rotating_pool.local.secretsmanager import LocalSecretsManager
 from rotating_pool.local.tls import CertificateAuthority
 from rotating_pool.local.workload import WriteLoad, WriteLoadResult, static_url
@@ -32,7 +38,9 @@ __all__ = [
     "FaultProxy",
     "HostileServer",
     "LocalAgent",
+    "LocalPgBouncer",
     "LocalPostgres",
+    "LocalRdsProxy",
     "LocalSecretsManager",
     "StartupRecord",
     "WriteLoad",

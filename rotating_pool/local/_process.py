@@ -5,10 +5,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+import subprocess
+import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any, TypeVar
+
+import psycopg
 
 logger = logging.getLogger("rotating_pool.local")
 
@@ -28,6 +33,48 @@ def free_port(host: str = "127.0.0.1") -> int:
         sock.bind((host, 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def end_process(process: subprocess.Popen[bytes], signum: int, timeout: float) -> None:
+    """Send `signum` to a child still running, wait up to `timeout` s, then kill it."""
+    if process.poll() is None:
+        process.send_signal(signum)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def wait_for_logins(
+    process: subprocess.Popen[bytes],
+    connect: Callable[[], psycopg.Connection[Any]],
+    what: str,
+    log_path: Path,
+) -> None:
+    """Wait until `connect()` logs in to a server just launched as `process`.
+
+    Raises RuntimeError, with the end of the server's log, when the process
+    exits or no login succeeds within START_TIMEOUT seconds.
+    """
+    deadline = time.monotonic() + START_TIMEOUT
+    while True:
+        code = process.poll()
+        if code is not None:
+            raise RuntimeError(
+                f"{what} exited with code {code} while starting; "
+                f"end of {log_path}:\n{log_tail(log_path)}"
+            )
+        try:
+            with connect():
+                return
+        except psycopg.OperationalError as exc:
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"{what} did not accept logins within {START_TIMEOUT:.0f} s "
+                    f"(last error: {exc}); end of {log_path}:\n{log_tail(log_path)}"
+                ) from None
+        time.sleep(POLL_INTERVAL)
 
 
 def log_tail(path: Path, lines: int = 30) -> str:

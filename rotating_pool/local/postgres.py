@@ -32,11 +32,10 @@ from psycopg import sql
 from psycopg.rows import TupleRow
 
 from rotating_pool.local._process import (
-    POLL_INTERVAL,
-    START_TIMEOUT,
     LocalService,
+    end_process,
     free_port,
-    log_tail,
+    wait_for_logins,
 )
 from rotating_pool.local.tls import CertificateAuthority
 
@@ -251,14 +250,8 @@ class LocalPostgres(LocalService):
         """Shut the server down (fast shutdown) and remove the directory it created."""
         process, self._process = self._process, None
         if process is not None:
-            if process.poll() is None:
-                # SIGINT is PostgreSQL's fast shutdown: ends sessions, no waiting for clients.
-                process.send_signal(signal.SIGINT)
-                try:
-                    process.wait(_STOP_TIMEOUT)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+            # SIGINT is PostgreSQL's fast shutdown: ends sessions, no waiting for clients.
+            end_process(process, signal.SIGINT, _STOP_TIMEOUT)
             logger.info("PostgreSQL on port %s stopped", self._port)
         if self._given_directory is None and self._directory is not None:
             shutil.rmtree(self._directory, ignore_errors=True)
@@ -443,21 +436,4 @@ class LocalPostgres(LocalService):
 
     def _wait_until_ready(self) -> None:
         assert self._process is not None
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            code = self._process.poll()
-            if code is not None:
-                raise RuntimeError(
-                    f"PostgreSQL exited with code {code} while starting; "
-                    f"end of {self.log_path}:\n{log_tail(self.log_path)}"
-                )
-            try:
-                with self.admin_connect():
-                    return
-            except psycopg.OperationalError as exc:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(
-                        f"PostgreSQL did not accept logins within {START_TIMEOUT:.0f} s "
-                        f"(last error: {exc}); end of {self.log_path}:\n{log_tail(self.log_path)}"
-                    ) from None
-            time.sleep(POLL_INTERVAL)
+        wait_for_logins(self._process, self.admin_connect, "PostgreSQL", self.log_path)

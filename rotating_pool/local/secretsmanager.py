@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -25,6 +26,7 @@ from rotating_pool.local._process import (
     POLL_INTERVAL,
     START_TIMEOUT,
     LocalService,
+    end_process,
     free_port,
     log_tail,
 )
@@ -138,13 +140,7 @@ class LocalSecretsManager(LocalService):
         """Stop the child process and remove its log."""
         process, self._process = self._process, None
         if process is not None:
-            if process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(_STOP_TIMEOUT)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+            end_process(process, signal.SIGTERM, _STOP_TIMEOUT)
             logger.info("moto Secrets Manager at port %s stopped", self._port)
         if self._directory is not None:
             shutil.rmtree(self._directory, ignore_errors=True)
