@@ -105,7 +105,7 @@ _TRANSIENT_MESSAGE = re.compile(
     r"|no route to host|network is unreachable|connection reset|broken pipe"
     r"|server closed the connection unexpectedly|unexpected eof|connection was closed"
     r"|too many clients|remaining connection slots are reserved|no more connections allowed"
-    r"|the database system is (starting up|shutting down|in recovery mode|not yet accepting)"
+    r"|the database system is (starting up|shutting down|in recovery mode|not (yet )?accepting)"
     r"|terminating connection due to administrator command|cannot connect now"
     r"|server login has been failing|cannot connect to server|pooler is shut ?down"
     r"|database \".*\" does not exist"

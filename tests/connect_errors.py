@@ -43,12 +43,9 @@ TIMEOUT = 2  # seconds, for every connect attempt
 UNKNOWN_HOST = "no-such-host.invalid"  # RFC 2606: never resolves
 SLOTS = 5  # max_connections of the server for capacity, TLS and shutdown
 STANDBY = "a standby without hot standby (hot_standby=off)"
-PENDING = {
-    STANDBY: "psycopg and psycopg2 carry no SQLSTATE and the wording 'the database system "
-    "is not accepting connections' is not among the classifier's transient ones yet",
-}
-"""Situations the classifier does not classify as expected yet: kept out of the
-snapshot (its unit test would fail) and expected to fail in the live test."""
+PENDING: dict[str, str] = {}
+"""Situations the classifier does not classify as expected yet, with why: kept out
+of the snapshot and out of the live test's assertion. None today."""
 TIMING_DEPENDENT = ("starting up", "auth_query login fails")
 """Situations whose wording depends on timing (which state the server or
 PgBouncer is in when the login arrives): snapshot and live run may differ."""

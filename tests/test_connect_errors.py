@@ -45,14 +45,6 @@ def test_refusals_and_transient_errors_are_classified_as_expected(captured):
     assert wrong == []
 
 
-@pytest.mark.xfail(strict=False, reason="; ".join(PENDING.values()))
-def test_pending_situations_are_classified_as_expected(captured):
-    pending = situations(captured, pending=True)
-    assert pending
-    for c in pending:
-        assert classify_login_error(c.exception).value == c.expected, (c.driver, c.message)
-
-
 def test_no_error_text_holds_a_password(captured, postgres):
     for c in captured:
         for secret in ("not-it", "plain-password", postgres.admin_password):
