@@ -294,6 +294,39 @@ def test_awspending_is_read_by_version_stage_while_a_single_user_rotation_is_hal
     assert rotating_pool.stats(engine).failed_recoveries == 0
 
 
+def test_workers_behind_one_agent_cost_one_secrets_manager_read_per_rotation(
+    make_secret, app_schema, sm_client, agent
+):
+    """Two worker processes' stores (separate refresh intervals make separate
+    stores), refused in every single-user rotation's window: the first asks the
+    agent's cache, then refreshes AWSPENDING; the second finds it cached."""
+    arn = make_secret("single")
+    workers = [
+        rotating_pool.create_engine(URL, secret_id=arn, source="agent", refresh_interval=interval)
+        for interval in (3600, 3601)
+    ]
+    assert credential_store(workers[0]) is not credential_store(workers[1])
+    for engine in workers:
+        who(engine)
+    reads_per_rotation = []
+
+    def in_the_window(step: str, seconds: float) -> None:
+        if step != "testSecret":
+            return
+        before = agent.upstream_calls
+        for engine in workers:
+            engine.dispose()
+            assert who(engine) == app_schema.users[0]  # refused, then recovered
+        reads_per_rotation.append(agent.upstream_calls - before)
+
+    for _ in range(3):  # from the second on, the agent's cached AWSPENDING is the last one's
+        Rotator(sm_client).rotate(arn, on_step=in_the_window)
+    assert reads_per_rotation == [1, 1, 1]
+    for engine in workers:
+        stats = rotating_pool.stats(engine)
+        assert (stats.recovered_logins, stats.failed_recoveries) == (3, 0)
+
+
 # -- errors -------------------------------------------------------------------
 
 
