@@ -33,7 +33,7 @@ from typing import Any
 
 from benchmarks.bed import Bed, Rotations, Secret, counting_proxy
 from benchmarks.clients import CLIENT_LABELS, static_engine, wrapper_unavailable
-from benchmarks.measure import goal
+from benchmarks.measure import goal, percentile
 from rotating_pool.local import FaultProxy
 from rotating_pool.local.workload import WriteLoad
 
@@ -100,12 +100,20 @@ def _combine(
         for text, count in report["errors"].items():
             errors[redact(text)] = errors.get(redact(text), 0) + count
     worst = max(reports, key=lambda r: r["longest_transaction_s"])
+    stalls = [s for report in reports for s in report.get("stalls_s", [])]
     combined: dict[str, Any] = {
         "commits": sum(r["commits"] for r in reports),
         "failures": sum(r["failures"] for r in reports),
         "longest_transaction_s": max(r["longest_transaction_s"] for r in reports),
         "worst_worker_p99_s": max(r["p99_s"] for r in reports),
         "errors": dict(sorted(errors.items(), key=lambda kv: -kv[1])[:3]),
+        # Transactions that met a refused login (rotating_pool only: it logs refusals).
+        "stall": {
+            "count": len(stalls),
+            "p50_s": percentile(stalls, 50),
+            "p99_s": percentile(stalls, 99),
+            "max_s": max(stalls, default=0.0),
+        },
     }
     if rotations_at:
         # When, after the start of its rotation, the longest transaction began:
@@ -132,7 +140,8 @@ def _config(bed: Bed, client: str, secret: Secret, proxy: FaultProxy) -> dict[st
     }
 
 
-def _run_fleet(bed: Bed, client: str, settings: Settings) -> dict[str, Any]:
+def run_fleet(bed: Bed, client: str, settings: Settings) -> dict[str, Any]:
+    """One client's fleet through the rotations (the calibration of the simulator runs it too)."""
     secret = bed.new_secret("single")
     setup = static_engine(bed, secret)
     WriteLoad(setup, table="bench_fleet").create_table()
@@ -219,11 +228,11 @@ def run(bed: Bed, settings: Settings) -> dict[str, Any]:
         "rotation_every_s": ROTATION_EVERY,
         "rotation_window_s": ROTATION_WINDOW,
         "quota_floor_s": quota_floor(settings.workers),
-        "rotating_pool": _run_fleet(bed, "rotating_pool", settings),
+        "rotating_pool": run_fleet(bed, "rotating_pool", settings),
     }
     missing = wrapper_unavailable()
     results["wrapper"] = (
-        {"not_measured": missing} if missing else _run_fleet(bed, "wrapper", settings)
+        {"not_measured": missing} if missing else run_fleet(bed, "wrapper", settings)
     )
     ours = results["rotating_pool"]
     results["extrapolation"] = _extrapolate(ours, settings.workers)

@@ -16,6 +16,7 @@ and goes on; ``stop`` prints the last report and exits.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import threading
 import time
@@ -30,6 +31,33 @@ import rotating_pool
 READY_TIMEOUT = 30.0
 
 
+class RefusalSeen(logging.Handler):
+    """Marks the thread whose login rotating_pool saw refused.
+
+    rotating_pool logs each refused login at INFO from the thread that tried it
+    (the sync engine's ``do_connect`` runs in the checking-out thread), so a
+    writer can tell whether its transaction met a refusal: that transaction is
+    a stall, whatever its length.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.local = threading.local()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "the database refused" in str(record.msg):
+            self.local.refused = True
+
+    def take(self) -> bool:
+        """Whether this thread saw a refusal since the last call."""
+        seen = bool(getattr(self.local, "refused", False))
+        self.local.refused = False
+        return seen
+
+
+REFUSALS = RefusalSeen()
+
+
 class Segment:
     """What the writers saw since the last report."""
 
@@ -39,9 +67,12 @@ class Segment:
         self.errors: Counter[str] = Counter()
         self.latencies: list[float] = []
         self.longest = (0.0, 0.0)  # (latency, wall-clock time it began)
+        self.stalls: list[float] = []  # transactions that met a refused login
 
-    def record(self, began: float, latency: float) -> None:
+    def record(self, began: float, latency: float, stalled: bool = False) -> None:
         self.latencies.append(latency)
+        if stalled:
+            self.stalls.append(latency)
         if latency > self.longest[0]:
             self.longest = (latency, began)
 
@@ -57,6 +88,7 @@ class Segment:
             # Wall-clock (epoch) time the longest transaction began: the parent
             # lines it up with its rotations' timestamps.
             "longest_began_at": self.longest[1],
+            "stalls_s": self.stalls,
         }
 
 
@@ -94,6 +126,7 @@ class Writers:
     def _work(self, number: int) -> None:
         while not self.stopping.is_set():
             began, began_at = time.perf_counter(), time.time()
+            REFUSALS.take()
             try:
                 with self.engine.begin() as conn:
                     conn.execute(self.insert, {"worker": number})
@@ -103,12 +136,13 @@ class Writers:
                 with self.lock:
                     self.segment.failures += 1
                     self.segment.errors[f"{type(error).__name__}: {line}"] += 1
-                    self.segment.record(began_at, elapsed)
+                    self.segment.record(began_at, elapsed, REFUSALS.take())
             else:
                 elapsed = time.perf_counter() - began
+                stalled = REFUSALS.take()
                 with self.lock:
                     self.segment.commits += 1
-                    self.segment.record(began_at, elapsed)
+                    self.segment.record(began_at, elapsed, stalled)
                 if number not in self._committed:
                     with self.lock:
                         self._committed.add(number)
@@ -140,6 +174,10 @@ def _report(engine: Engine, config: dict[str, Any], segment: Segment) -> str:
 
 def main() -> None:
     config = json.loads(sys.argv[1])
+    library_log = logging.getLogger("rotating_pool")
+    library_log.setLevel(logging.INFO)
+    library_log.addHandler(REFUSALS)
+    library_log.propagate = False  # the records are only counted, never printed
     engine = _engine(config)
     writers = Writers(engine, config["threads"], config["think_seconds"])
     writers.start()

@@ -30,6 +30,7 @@ __all__ = [
     "interleave",
     "judge",
     "percentile",
+    "ratio_goal",
     "sample",
     "summary",
 ]
@@ -179,3 +180,39 @@ def judge(wall: Comparison, control: Comparison, meets: Callable[[float], bool])
     if abs(control.ratio - 1) >= abs(wall.ratio - 1):
         return None
     return False
+
+
+def ratio_goal(
+    samples: Interleaved,
+    name: str,
+    target: float,
+    *,
+    throughput: bool,
+) -> dict[str, object]:
+    """rotating_pool against static (and the A/A control) on both clocks, with its goal line.
+
+    `throughput`: compare rates (the inverse of the time ratios) and require
+    at least `target`; otherwise compare times and require at most `target`.
+    """
+
+    def compare(side: str, clock: str) -> Comparison:
+        comparison = samples.compare(side, "static", clock)
+        return comparison.inverse() if throughput else comparison
+
+    wall, cpu = compare("rotating_pool", "wall"), compare("rotating_pool", "cpu")
+    control = compare("static_control", "wall")
+    sign = ">=" if throughput else "<="
+    return {
+        "ratio": wall.ratio,
+        "wall": wall.as_dict(),
+        "cpu": cpu.as_dict(),
+        "control_wall": control.as_dict(),
+        "control_cpu": compare("static_control", "cpu").as_dict(),
+        "goal": goal(
+            name,
+            f"{sign} {target}",
+            f"{wall.ratio:.3f} (95% CI {wall.low:.3f}-{wall.high:.3f}; CPU {cpu.ratio:.3f}; "
+            f"A/A control {control.ratio:.3f})",
+            judge(wall, control, (lambda r: r >= target) if throughput else (lambda r: r <= target)),
+        ),
+    }

@@ -48,6 +48,32 @@ def _checkout(r: dict[str, Any]) -> Rows:
     yield from _ratios(r)
 
 
+def _async_connect(r: dict[str, Any]) -> Rows:
+    for driver, d in r["drivers"].items():
+        if "not_measured" in d:
+            yield driver, f"not measured: {d['not_measured']}"
+            continue
+        yield (
+            f"{driver}: static / rotating_pool, median",
+            f"{_ms(d['static_median_ms'])} / {_ms(d['rotating_pool_median_ms'])}",
+        )
+        for label, value in _ratios(d):
+            yield f"{driver}: {label}", value
+
+
+def _async_checkout(r: dict[str, Any]) -> Rows:
+    for driver, d in r["drivers"].items():
+        if "not_measured" in d:
+            yield driver, f"not measured: {d['not_measured']}"
+            continue
+        yield (
+            f"{driver}: static / rotating_pool",
+            f"{d['static_per_second']:.0f} / {d['rotating_pool_per_second']:.0f} checkouts/s",
+        )
+        for label, value in _ratios(d):
+            yield f"{driver}: {label}", value
+
+
 def _recovery(r: dict[str, Any]) -> Rows:
     yield (
         "parts: one GetSecretValue / one refused login",
@@ -178,6 +204,8 @@ def _rotation_steps(r: dict[str, Any]) -> Rows:
 SECTIONS: dict[str, tuple[str, Callable[[dict[str, Any]], Rows]]] = {
     "connect": ("1. connect overhead (new connection)", _connect),
     "checkout": ("2. pooled checkout + SELECT 1", _checkout),
+    "async_connect": ("1b. async engines: connect overhead (new connection)", _async_connect),
+    "async_checkout": ("2b. async engines: pooled checkout + SELECT 1", _async_checkout),
     "recovery": ("3a. recovery of a refused login (single-user)", _recovery),
     "latency": ("3b. transaction latency during rotations", _latency),
     "api_calls": ("4. Secrets Manager calls", _api_calls),
@@ -279,6 +307,9 @@ def write_chart(results: dict[str, Any], path: Path) -> None:
             axis.set_title(f"{', '.join(keys)}: not run")
             axis.axis("off")
             continue
+        if draw is _chart_overhead:
+            outcomes += [benchmarks.get("async_connect"), benchmarks.get("async_checkout")]
+            outcomes = [o if o is None or "error" not in o else None for o in outcomes]
         draw(axis, *outcomes)
     machine = results["machine"]
     figure.suptitle(
@@ -304,21 +335,34 @@ def _label_bars(axis: Any, bars: Any, texts: list[str]) -> None:
         )
 
 
-def _chart_overhead(axis: Any, connect: dict[str, Any], checkout: dict[str, Any]) -> None:
-    names = ["1. connect time", "1. A/A control", "2. checkout\nthroughput", "2. A/A control"]
+def _chart_overhead(
+    axis: Any,
+    connect: dict[str, Any],
+    checkout: dict[str, Any],
+    async_connect: dict[str, Any] | None = None,
+    async_checkout: dict[str, Any] | None = None,
+) -> None:
+    names = ["1. connect", "A/A", "2. checkout\nthroughput", "A/A"]
     ratios = [connect["wall"], connect["control_wall"], checkout["wall"], checkout["control_wall"]]
+    colors = ["#4c72b0", "#b0b0b0", "#55a868", "#b0b0b0"]
+    for label, outcome, color in (("1b", async_connect, "#4c72b0"), ("2b", async_checkout, "#55a868")):
+        for driver, d in ((outcome or {}).get("drivers") or {}).items():
+            if "wall" in d:
+                names += [f"{label}. {driver}", "A/A"]
+                ratios += [d["wall"], d["control_wall"]]
+                colors += [color, "#b0b0b0"]
     values = [r["ratio"] for r in ratios]
     errors = [
         [r["ratio"] - r["ci95_low"] for r in ratios],
         [r["ci95_high"] - r["ratio"] for r in ratios],
     ]
-    colors = ["#4c72b0", "#b0b0b0", "#55a868", "#b0b0b0"]
-    bars = axis.bar(names, values, yerr=errors, capsize=6, color=colors)
+    bars = axis.bar(range(len(names)), values, yerr=errors, capsize=4, color=colors)
+    axis.set_xticks(range(len(names)), names, fontsize=7, rotation=30)
     axis.axhline(1.02, color="#c44e52", linestyle="--", label="connect goal <= 1.02")
     axis.axhline(0.99, color="#8172b2", linestyle=":", label="checkout goal >= 0.99")
     axis.set_ylim(min(0.9, *values) - 0.02, max(1.1, *values) + 0.02)
     _label_bars(axis, bars, [f"{v:.3f}" for v in values])
-    axis.set_title("1-2. rotating_pool / static, wall clock (bars: 95% CI)")
+    axis.set_title("1-2 (b: async). rotating_pool / static, wall clock (bars: 95% CI)")
     axis.legend(fontsize=8)
 
 

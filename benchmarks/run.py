@@ -22,7 +22,17 @@ from pathlib import Path
 from typing import Any
 
 import benchmarks.rotation_steps as rotation_steps
-from benchmarks import api_calls, checkout, connect, failures, fleet, latency, recovery
+from benchmarks import (
+    api_calls,
+    async_checkout,
+    async_connect,
+    checkout,
+    connect,
+    failures,
+    fleet,
+    latency,
+    recovery,
+)
 from benchmarks.bed import Bed, start_bed
 from benchmarks.machine import describe, load_average
 from benchmarks.report import print_report, write_chart, write_json, write_markdown
@@ -33,6 +43,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 BENCHMARKS: dict[str, Any] = {
     "connect": connect,
     "checkout": checkout,
+    "async_connect": async_connect,
+    "async_checkout": async_checkout,
     "recovery": recovery,
     "latency": latency,
     "api_calls": api_calls,

@@ -341,6 +341,48 @@ def test_proxy_throttles_above_the_rate(via_proxy: Any, proxy: FaultProxy) -> No
     via_proxy.list_secrets()
 
 
+def _answers(call: Callable[[], Any], times: int) -> Counter[str]:
+    codes = Counter[str]()
+    for _ in range(times):
+        try:
+            call()
+            codes["ok"] += 1
+        except ClientError as exc:
+            codes[exc.response["Error"]["Code"]] += 1
+    return codes
+
+
+def test_proxy_throttles_each_operation_in_its_own_bucket_at_aws_ratio(
+    via_proxy: Any, sm_client: Any, proxy: FaultProxy
+) -> None:
+    arn, _ = new_secret(sm_client)
+    proxy.throttle(2.0)
+    assert (proxy.rate_of("GetSecretValue"), proxy.rate_of("DescribeSecret")) == (2.0, 8.0)
+    gets = _answers(lambda: via_proxy.get_secret_value(SecretId=arn), 8)
+    assert 2 <= gets["ok"] <= 4  # GetSecretValue's bucket (2/s, burst 2) ran dry
+    describes = _answers(lambda: via_proxy.describe_secret(SecretId=arn), 24)
+    # DescribeSecret's bucket is its own (not emptied by the calls above) and
+    # four times as large: a burst of 8, then 8 a second.
+    assert describes["ok"] >= 8
+    assert describes["ThrottlingException"] > 0
+    assert proxy.throttled["DescribeSecret"] == describes["ThrottlingException"]
+    assert proxy.throttled["GetSecretValue"] == gets["ThrottlingException"]
+
+
+def test_proxy_throttle_takes_rates_per_operation(proxy: FaultProxy) -> None:
+    proxy.throttle(4.0, rates={"DescribeSecret": 1.0, "ListSecrets": 50.0})
+    assert proxy.rate_of("DescribeSecret") == 1.0
+    assert proxy.rate_of("ListSecrets") == 50.0
+    assert proxy.rate_of("GetSecretValue") == 4.0
+    assert proxy.rate_of("PutSecretValue") == 4.0
+    with pytest.raises(ValueError, match="positive"):
+        proxy.throttle(4.0, rates={"GetSecretValue": 0.0})
+    with pytest.raises(ValueError, match="rate_per_second"):
+        proxy.throttle(None, rates={"GetSecretValue": 1.0})
+    proxy.throttle(None)
+    assert proxy.rate_of("GetSecretValue") is None
+
+
 def test_proxy_hang_times_clients_out_and_restore_answers_503(
     secretsmanager: LocalSecretsManager, via_proxy: Any, proxy: FaultProxy
 ) -> None:

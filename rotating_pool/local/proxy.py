@@ -2,7 +2,7 @@
 
 >>> with LocalSecretsManager() as sm, FaultProxy(sm.endpoint_url) as proxy:  # doctest: +SKIP
 ...     client = sm.client(proxy.endpoint_url)
-...     proxy.throttle(5.0)  # 5 calls per second, then ThrottlingException
+...     proxy.throttle(5.0)  # 5 calls per second per operation, then ThrottlingException
 ...     client.list_secrets()
 ...     proxy.calls["ListSecrets"]
 1
@@ -20,12 +20,14 @@ import threading
 import time
 import urllib.parse
 from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import NamedTuple
 
 from rotating_pool.local._process import LocalService, QuietRequestHandler
 
-__all__ = ["FaultProxy"]
+__all__ = ["AWS_QUOTA_RATIOS", "FaultProxy"]
 
 logger = logging.getLogger("rotating_pool.local")
 
@@ -43,6 +45,13 @@ _HOP_BY_HOP = frozenset(
     }
 )
 _UPSTREAM_TIMEOUT = 30.0
+
+# AWS gives each Secrets Manager API its own quota per account and region:
+# GetSecretValue 10,000 TPS, DescribeSecret 40,000 TPS
+# (https://docs.aws.amazon.com/secretsmanager/latest/userguide/reference_limits.html).
+# `throttle(rate)` keeps that ratio: `rate` is GetSecretValue's, and each
+# operation here gets that many times more; any other operation gets `rate`.
+AWS_QUOTA_RATIOS: Mapping[str, float] = {"GetSecretValue": 1.0, "DescribeSecret": 4.0}
 
 
 class _ErrorAnswer(NamedTuple):
@@ -62,8 +71,12 @@ class FaultProxy(LocalService):
     Every request is counted by operation (from the `X-Amz-Target` header) and
     forwarded unchanged; the answer comes back unchanged. Faults:
 
-    - `throttle(rate)`: above `rate` calls per second (a token bucket shared by
-      all clients, burst = rate but at least 1) answer HTTP 400 ThrottlingException.
+    - `throttle(rate)`: one token bucket per operation, shared by all clients, as
+      AWS keeps a quota per API: above `rate` GetSecretValue calls per second
+      (burst = rate but at least 1), `4 * rate` DescribeSecret calls
+      (`AWS_QUOTA_RATIOS`) and `rate` calls of any other operation, answer HTTP
+      400 ThrottlingException. `throttle(rate, rates={...})` sets operations'
+      rates outright.
     - `hang()`: accept requests and answer none until `restore()` (or `stop()`),
       which answers the waiting ones with HTTP 503 ServiceUnavailableException
       without forwarding them: their clients have usually given up by then, and
@@ -98,8 +111,8 @@ class FaultProxy(LocalService):
         self._calls: Counter[str] = Counter()
         self._throttled: Counter[str] = Counter()
         self._rate: float | None = None
-        self._tokens = 0.0
-        self._tokens_at = 0.0
+        self._rates: dict[str, float] = {}
+        self._buckets: dict[str, _Bucket] = {}
         self._hanging = False
         self._hang_epoch = 0
         self._delay = 0.0
@@ -163,14 +176,41 @@ class FaultProxy(LocalService):
 
     # -- faults ------------------------------------------------------------
 
-    def throttle(self, rate_per_second: float | None) -> None:
-        """Answer ThrottlingException above `rate_per_second` calls per second; None: never."""
-        if rate_per_second is not None and rate_per_second <= 0:
-            raise ValueError("rate_per_second must be positive (or None to stop throttling)")
+    def throttle(
+        self, rate_per_second: float | None, *, rates: Mapping[str, float] | None = None
+    ) -> None:
+        """Throttle each operation in its own bucket; None: stop throttling.
+
+        `rate_per_second` is GetSecretValue's rate; DescribeSecret gets
+        `AWS_QUOTA_RATIOS` times more (4x, as AWS's quotas), every other
+        operation `rate_per_second`. `rates` overrides single operations,
+        e.g. ``throttle(4.0, rates={"DescribeSecret": 100.0})``.
+        """
+        chosen = dict(rates or {})
+        for value in [rate_per_second, *chosen.values()]:
+            if value is not None and value <= 0:
+                raise ValueError("rates must be positive (or None to stop throttling)")
+        if rate_per_second is None and chosen:
+            raise ValueError("rates need a rate_per_second for the other operations")
         with self._state:
             self._rate = rate_per_second
-            self._tokens = _burst(rate_per_second or 0.0)
-            self._tokens_at = time.monotonic()
+            self._rates = (
+                {}
+                if rate_per_second is None
+                else {op: rate_per_second * ratio for op, ratio in AWS_QUOTA_RATIOS.items()}
+                | chosen
+            )
+            self._buckets.clear()  # each starts full at its first call
+
+    def rate_of(self, operation: str) -> float | None:
+        """The calls per second `operation` is throttled at now; None when unthrottled."""
+        with self._state:
+            return self._rate_of(operation)
+
+    def _rate_of(self, operation: str) -> float | None:
+        if self._rate is None:
+            return None
+        return self._rates.get(operation, self._rate)
 
     def hang(self) -> None:
         """Accept requests but answer none until `restore()`."""
@@ -265,7 +305,8 @@ class FaultProxy(LocalService):
         """Count a request and apply the faults; return the error to answer, or None to forward."""
         with self._state:
             self._calls[operation] += 1
-            if self._rate is not None and not self._take_token(self._rate):
+            rate = self._rate_of(operation)
+            if rate is not None and not self._take_token(operation, rate):
                 self._throttled[operation] += 1
                 return _THROTTLED
             if self._hanging:
@@ -288,12 +329,15 @@ class FaultProxy(LocalService):
             time.sleep(delay)
         return None
 
-    def _take_token(self, rate: float) -> bool:
+    def _take_token(self, operation: str, rate: float) -> bool:
         now = time.monotonic()
-        self._tokens = min(_burst(rate), self._tokens + (now - self._tokens_at) * rate)
-        self._tokens_at = now
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
+        bucket = self._buckets.get(operation)
+        if bucket is None:
+            bucket = self._buckets[operation] = _Bucket(_burst(rate), now)
+        bucket.tokens = min(_burst(rate), bucket.tokens + (now - bucket.at) * rate)
+        bucket.at = now
+        if bucket.tokens >= 1.0:
+            bucket.tokens -= 1.0
             return True
         return False
 
@@ -308,6 +352,14 @@ class FaultProxy(LocalService):
             return response.status, response.reason, response.getheaders(), response.read()
         finally:
             connection.close()
+
+
+@dataclass
+class _Bucket:
+    """One operation's token bucket: tokens left at monotonic time `at`."""
+
+    tokens: float
+    at: float
 
 
 def _burst(rate: float) -> float:

@@ -1,0 +1,400 @@
+"""7. The fleet simulator: 100 to 10,000 tasks through credential rotations, in virtual time.
+
+    python -m benchmarks.fleet_sim               # the sweep (24 fleets), table + chart
+    python -m benchmarks.fleet_sim --quick       # a short sweep that checks it works (CI)
+    python -m benchmarks.fleet_sim --calibrate   # the local throttled fleet vs the simulator
+    python -m benchmarks.fleet_sim --recommend   # retry budgets tried on 10,000 tasks x 4
+
+N tasks x W worker processes share one secret and one account's quotas
+(GetSecretValue 10,000 TPS, DescribeSecret 40,000 TPS). Each process's
+recovery is the project's own `rotating_pool.policy.login_plan` driven with a
+real `RetryBudget` (see `benchmarks.fleet_model`), against a Secrets Manager
+model with a token bucket per API and a latency distribution, and a database
+that accepts what each rotation step has set. With ``--agent`` variants, each
+task reads through one Secrets Manager Agent (one cache per task), modelled on
+the agent's source.
+
+Reported per fleet: failed requests (a login given up on), the stall of every
+request that met a refused login (p50/p99/max), Secrets Manager calls per task
+per rotation (the processes' recoveries; periodic refreshes and the agents' TTL
+renewals apart), throttled calls, and when the last process recovered.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import dataclasses
+import json
+import sys
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy
+from sqlalchemy.pool import NullPool
+
+from benchmarks.fleet_model import Latency, World, WorldConfig
+from benchmarks.measure import percentile
+from rotating_pool.policy import RetryBudget
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+SIZES = (100, 1_000, 10_000)
+QUICK_SIZES = (100, 1_000)
+WORKERS = (1, 4)
+STRATEGIES = ("single", "alternating")
+
+
+def simulate(config: WorldConfig) -> dict[str, Any]:
+    """Run one fleet; its figures as a dict."""
+    began, cpu = time.perf_counter(), time.process_time()
+    world = World(config)
+    out = world.run()
+    sm = world.sm
+    rotations = config.rotations
+    recovery_calls = sm.purposes["recovery"]
+    stalls = out.stalls
+    result: dict[str, Any] = {
+        "tasks": config.tasks,
+        "workers": config.workers,
+        "threads": config.threads,
+        "strategy": config.strategy,
+        "agent": config.agent,
+        "budget": _budget_dict(config.budget),
+        "rotations": rotations,
+        "failed": out.failed,
+        "stalled_requests": len(stalls),
+        "stall_p50_s": percentile(stalls, 50),
+        "stall_p99_s": percentile(stalls, 99),
+        "stall_max_s": max(stalls, default=0.0),
+        "last_recovery_after_set_s": out.last_recovery_after_set,
+        "calls": dict(sm.calls),
+        "throttled": dict(sm.throttled),
+        "calls_by_purpose": dict(sm.purposes),
+        "recovery_calls_per_task_per_rotation": recovery_calls / (config.tasks * rotations),
+        "recovery_calls_per_process_per_rotation": recovery_calls
+        / (config.tasks * config.workers * rotations),
+        "throttled_calls": sum(sm.throttled.values()),
+        "refetches": out.refetches,
+        "refetch_joins": out.refetch_joins,
+        "refused_logins": out.refused_logins,
+        "agent_ttl_calls_per_task_per_rotation": sm.purposes["agent_ttl"]
+        / (config.tasks * rotations),
+        "refresh_calls": sm.purposes["refresh"],
+        "events": world.loop.events,
+        "seconds": round(time.perf_counter() - began, 2),
+        "cpu_seconds": round(time.process_time() - cpu, 2),
+    }
+    return result
+
+
+def _budget_dict(budget: RetryBudget) -> dict[str, Any]:
+    return dataclasses.asdict(budget)
+
+
+def run_all(configs: list[WorldConfig], jobs: int = 2) -> list[dict[str, Any]]:
+    """Simulate every config, `jobs` at a time (one per core), largest first; in order."""
+    order = sorted(range(len(configs)), key=lambda i: -configs[i].tasks * configs[i].workers)
+    results: dict[int, dict[str, Any]] = {}
+    with concurrent.futures.ProcessPoolExecutor(max_workers=jobs) as pool:
+        futures = {pool.submit(simulate, configs[i]): i for i in order}
+        for future in concurrent.futures.as_completed(futures):
+            result = future.result()
+            print(_line(result), flush=True)
+            results[futures[future]] = result
+    return [results[i] for i in range(len(configs))]
+
+
+def sweep_configs(sizes: Iterable[int], budget: RetryBudget) -> list[WorldConfig]:
+    """Every size x workers x strategy x agent combination."""
+    return [
+        WorldConfig(tasks=tasks, workers=workers, strategy=strategy, agent=agent, budget=budget)
+        for tasks in sizes
+        for workers in WORKERS
+        for strategy in STRATEGIES
+        for agent in (False, True)
+    ]
+
+
+def _line(r: dict[str, Any]) -> str:
+    via = "agent" if r["agent"] else "direct"
+    return (
+        f"{r['tasks']:>6,} x {r['workers']} {r['strategy']:<11} {via:<6} "
+        f"failed {r['failed']:>5,}  stall p50/p99/max "
+        f"{r['stall_p50_s']:5.2f}/{r['stall_p99_s']:5.2f}/{r['stall_max_s']:5.2f} s  "
+        f"calls/task/rotation {r['recovery_calls_per_task_per_rotation']:5.2f}  "
+        f"throttled {r['throttled_calls']:>7,}  ({r['seconds']:.0f} s, CPU {r['cpu_seconds']:.0f} s)"
+    )
+
+
+HEADER = (
+    "| tasks x workers | strategy | reads via | failed | stalled requests | stall p50 / p99 / max "
+    "| calls per task per rotation | throttled calls | agents' TTL calls per task per rotation |"
+)
+
+
+def markdown(results: list[dict[str, Any]]) -> str:
+    """The sweep as a Markdown table."""
+    lines = [HEADER, "|" + "---|" * 9]
+    for r in results:
+        agent_ttl = f"{r['agent_ttl_calls_per_task_per_rotation']:.2f}" if r["agent"] else "-"
+        lines.append(
+            f"| {r['tasks']:,} x {r['workers']} | {r['strategy']} | "
+            f"{'agent' if r['agent'] else 'Secrets Manager'} | {r['failed']:,} | "
+            f"{r['stalled_requests']:,} | {r['stall_p50_s']:.2f} / {r['stall_p99_s']:.2f} / "
+            f"{r['stall_max_s']:.2f} s | {r['recovery_calls_per_task_per_rotation']:.2f} | "
+            f"{r['throttled_calls']:,} | {agent_ttl} |"
+        )
+    return "\n".join(lines)
+
+
+def chart(results: list[dict[str, Any]], path: Path, title: str) -> None:
+    """One figure: calls per task per rotation, and stall p99/max, by fleet size."""
+    import matplotlib  # noqa: PLC0415  (slow to import; only here)
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    figure, (calls_axis, stall_axis) = plt.subplots(1, 2, figsize=(15, 6))
+    series: dict[tuple[str, bool, int], list[dict[str, Any]]] = {}
+    for r in results:
+        series.setdefault((r["strategy"], r["agent"], r["workers"]), []).append(r)
+    styles = {"single": "-", "alternating": "--"}
+    colors = {(False, 1): "#4c72b0", (False, 4): "#55a868", (True, 1): "#c44e52", (True, 4): "#8172b2"}
+    for (strategy, agent, workers), rows in sorted(series.items()):
+        rows.sort(key=lambda r: r["tasks"])
+        tasks = [r["tasks"] for r in rows]
+        label = f"{strategy}, {'agent' if agent else 'direct'}, {workers} worker(s)/task"
+        style = {"linestyle": styles[strategy], "color": colors[(agent, workers)], "marker": "o"}
+        calls_axis.plot(
+            tasks, [r["recovery_calls_per_task_per_rotation"] for r in rows], label=label, **style
+        )
+        stall_axis.plot(tasks, [r["stall_p99_s"] for r in rows], label=f"{label}: p99", **style)
+        stall_axis.plot(
+            tasks,
+            [r["stall_max_s"] for r in rows],
+            linestyle=":",
+            color=colors[(agent, workers)],
+            marker="x",
+        )
+        for r in rows:
+            if r["failed"]:
+                stall_axis.annotate(
+                    f"{r['failed']:,} failed", (r["tasks"], r["stall_max_s"]), fontsize=7
+                )
+    for axis in (calls_axis, stall_axis):
+        axis.set_xscale("log")
+        axis.set_xlabel("tasks")
+        axis.grid(alpha=0.3)
+    calls_axis.set_ylabel("Secrets Manager calls per task per rotation (throttled included)")
+    calls_axis.set_title("Calls per task per rotation")
+    calls_axis.legend(fontsize=7)
+    stall_axis.set_ylabel("stall of a request that met a refused login (s)")
+    stall_axis.set_title("Stall p99 (lines) and max (dotted, x)")
+    figure.suptitle(title, fontsize=10)
+    figure.tight_layout(rect=(0, 0, 1, 0.95))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
+
+
+# -- calibration against the local throttled fleet -----------------------------------
+
+
+def calibrate() -> int:
+    """Run benchmark 6's fleet (rotating_pool) for real, then the simulator on the same
+    configuration with the bed's measured latencies; print both side by side."""
+    from benchmarks import fleet  # noqa: PLC0415  (needs the local stack)
+    from benchmarks.bed import start_bed  # noqa: PLC0415
+
+    with start_bed() as bed:
+        measured = _bed_latencies(bed)
+        real = fleet.run_fleet(bed, "rotating_pool", fleet.FULL)
+    settings = fleet.FULL
+    config = WorldConfig(
+        tasks=settings.workers,
+        workers=1,
+        threads=fleet.THREADS_PER_WORKER,
+        strategy="single",
+        rotations=settings.rotations,
+        rotation_every=fleet.ROTATION_EVERY,
+        window=fleet.ROTATION_WINDOW,
+        settle=fleet.ROTATION_EVERY - fleet.ROTATION_WINDOW,
+        pool_recycle=fleet.POOL_RECYCLE,
+        think=fleet.THINK_SECONDS,
+        get_tps=fleet.THROTTLE_PER_SECOND,
+        describe_tps=4 * fleet.THROTTLE_PER_SECOND,
+        sm_latency=Latency(measured["get_secret_value_s"], 3 * measured["get_secret_value_s"]),
+        login_latency=Latency(measured["login_s"], 3 * measured["login_s"]),
+        refused_latency=Latency(measured["refused_login_s"], 3 * measured["refused_login_s"]),
+    )
+    runs = [simulate(dataclasses.replace(config, seed=seed)) for seed in range(1, 11)]
+    sim = {
+        "calls_per_process_per_rotation": _mean(
+            r["recovery_calls_per_process_per_rotation"] for r in runs
+        ),
+        "stall_p99_s": _mean(r["stall_p99_s"] for r in runs),
+        "stall_max_s": _mean(r["stall_max_s"] for r in runs),
+        "stall_p50_s": _mean(r["stall_p50_s"] for r in runs),
+        "failed": sum(r["failed"] for r in runs) / len(runs),
+    }
+    stall = real["rotating"]["stall"]
+    local = {
+        "calls_per_process_per_rotation": real["calls_per_rotation_per_process"],
+        "stall_p99_s": stall["p99_s"],
+        "stall_max_s": stall["max_s"],
+        "stall_p50_s": stall["p50_s"],
+        "failed": real["rotating"]["failures"],
+    }
+    rows = [
+        ("calls per task per rotation", "calls_per_process_per_rotation", True),
+        ("stall p99 (s)", "stall_p99_s", True),
+        ("stall p50 (s)", "stall_p50_s", False),
+        ("stall max (s)", "stall_max_s", False),
+        ("failed requests", "failed", False),
+    ]
+    print(
+        f"\ncalibration: {settings.workers} processes x {fleet.THREADS_PER_WORKER} threads, "
+        f"single-user, {settings.rotations} rotations {fleet.ROTATION_EVERY:.0f} s apart, "
+        f"GetSecretValue throttled at {fleet.THROTTLE_PER_SECOND:.0f}/s; bed latencies "
+        f"(median): GetSecretValue {measured['get_secret_value_s'] * 1000:.1f} ms, login "
+        f"{measured['login_s'] * 1000:.1f} ms, refused login "
+        f"{measured['refused_login_s'] * 1000:.1f} ms; simulator: mean of 10 seeds\n"
+    )
+    print(f"{'figure':<30} {'local fleet':>12} {'simulator':>12} {'sim / local':>12}  goal")
+    within = True
+    for label, key, judged in rows:
+        ratio = sim[key] / local[key] if local[key] else float("nan")
+        verdict = ""
+        if judged:
+            ok = abs(ratio - 1) <= 0.25
+            within &= ok
+            verdict = "within 25%" if ok else "OFF by more than 25%"
+        print(f"{label:<30} {local[key]:>12.2f} {sim[key]:>12.2f} {ratio:>12.2f}  {verdict}")
+    _write(
+        RESULTS / "fleet_sim_calibration.json",
+        {"local": local, "simulator": sim, "bed_latencies": measured, "within_25pct": within},
+    )
+    return 0
+
+
+def _bed_latencies(bed: Any, rounds: int = 30) -> dict[str, float]:
+    """Medians on the local bed: a GetSecretValue through a proxy, a login, a refused login."""
+    import statistics  # noqa: PLC0415
+
+    import rotating_pool  # noqa: PLC0415
+    from benchmarks.bed import counting_proxy  # noqa: PLC0415
+    from benchmarks.clients import static_engine  # noqa: PLC0415
+
+    secret = bed.new_secret("single")
+    timings: dict[str, list[float]] = {"get_secret_value_s": [], "login_s": [], "refused_login_s": []}
+    with counting_proxy(bed) as proxy:
+        client = bed.secretsmanager.client(proxy.endpoint_url)
+        good = static_engine(bed, secret, poolclass=NullPool)
+        bad = sqlalchemy.create_engine(
+            good.url.set(password="not-the-password"), poolclass=NullPool
+        )
+        for _ in range(rounds):
+            began = time.perf_counter()
+            client.get_secret_value(SecretId=secret.arn)
+            timings["get_secret_value_s"].append(time.perf_counter() - began)
+            began = time.perf_counter()
+            good.connect().close()
+            timings["login_s"].append(time.perf_counter() - began)
+            began = time.perf_counter()
+            try:
+                bad.connect().close()
+            except Exception as error:
+                if not rotating_pool.is_login_rejection(error):
+                    raise
+            timings["refused_login_s"].append(time.perf_counter() - began)
+        good.dispose()
+        bad.dispose()
+    return {name: statistics.median(values) for name, values in timings.items()}
+
+
+def _mean(values: Iterable[float]) -> float:
+    listed = list(values)
+    return sum(listed) / len(listed)
+
+
+# -- recommending a retry budget -------------------------------------------------------
+
+CANDIDATES = (
+    RetryBudget(),
+    RetryBudget(rounds=10, base_delay=0.1, max_delay=2.0),
+    RetryBudget(rounds=12, base_delay=0.1, max_delay=2.0),
+    RetryBudget(rounds=10, base_delay=0.2, max_delay=4.0),
+    RetryBudget(rounds=12, base_delay=0.25, max_delay=4.0),
+)
+
+
+def recommend(tasks: int = 10_000, workers: int = 4) -> list[dict[str, Any]]:
+    """Each candidate budget on the largest fleet, both strategies, direct and agent."""
+    results = []
+    for budget in CANDIDATES:
+        for strategy in STRATEGIES:
+            for agent in (False, True):
+                config = WorldConfig(
+                    tasks=tasks, workers=workers, strategy=strategy, agent=agent, budget=budget
+                )
+                result = simulate(config)
+                print(f"{_budget_text(budget):<40} {_line(result)}", flush=True)
+                results.append(result)
+    return results
+
+
+def _budget_text(budget: RetryBudget | dict[str, Any]) -> str:
+    fields = budget if isinstance(budget, dict) else _budget_dict(budget)
+    text = f"rounds {fields['rounds']}, base {fields['base_delay']}, max {fields['max_delay']}"
+    if fields.get("deadline") is not None:
+        text += f", deadline {fields['deadline']}"
+    return text
+
+
+# -- main ---------------------------------------------------------------------------
+
+
+def _write(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="100 and 1,000 tasks only (CI)")
+    mode.add_argument("--calibrate", action="store_true", help="local fleet vs simulator")
+    mode.add_argument("--recommend", action="store_true", help="retry budgets on 10,000 x 4")
+    parser.add_argument("--output", type=Path, default=RESULTS, help="where to write results")
+    args = parser.parse_args(argv)
+    if args.calibrate:
+        return calibrate()
+    started = time.monotonic()
+    if args.recommend:
+        results = recommend()
+        stem = "fleet_sim_recommend"
+    else:
+        results = run_all(sweep_configs(QUICK_SIZES if args.quick else SIZES, RetryBudget()))
+        stem = "fleet_sim_quick" if args.quick else "fleet_sim"
+    seconds = time.monotonic() - started
+    table = markdown(results)
+    print("\n" + table)
+    print(f"\n{len(results)} fleets simulated in {seconds:.0f} s")
+    _write(args.output / f"{stem}.json", {"seconds": round(seconds, 1), "fleets": results})
+    (args.output / f"{stem}.md").write_text(table + "\n")
+    chart(
+        results,
+        args.output / f"{stem}.png",
+        f"Fleet simulator ({stem}): rotating_pool's login policy per process, "
+        f"{WorldConfig.rotations} rotations {WorldConfig.rotation_every:.0f} s apart, "
+        "quotas GetSecretValue 10,000 TPS / DescribeSecret 40,000 TPS",
+    )
+    print(f"wrote {args.output / stem}.json, .md and .png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
