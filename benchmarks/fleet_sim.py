@@ -35,7 +35,8 @@ from typing import Any
 import sqlalchemy
 from sqlalchemy.pool import NullPool
 
-from benchmarks.fleet_model import Latency, World, WorldConfig
+from benchmarks.fleet_model import World, WorldConfig
+from benchmarks.fleet_services import Latency
 from benchmarks.measure import percentile
 from rotating_pool.policy import RetryBudget
 
@@ -79,6 +80,7 @@ def simulate(config: WorldConfig) -> dict[str, Any]:
         "throttled_calls": sum(sm.throttled.values()),
         "refetches": out.refetches,
         "refetch_joins": out.refetch_joins,
+        "refetch_reuses": out.refetch_reuses,
         "refused_logins": out.refused_logins,
         "agent_ttl_calls_per_task_per_rotation": sm.purposes["agent_ttl"]
         / (config.tasks * rotations),
@@ -125,7 +127,8 @@ def _line(r: dict[str, Any]) -> str:
         f"failed {r['failed']:>5,}  stall p50/p99/max "
         f"{r['stall_p50_s']:5.2f}/{r['stall_p99_s']:5.2f}/{r['stall_max_s']:5.2f} s  "
         f"calls/task/rotation {r['recovery_calls_per_task_per_rotation']:5.2f}  "
-        f"throttled {r['throttled_calls']:>7,}  ({r['seconds']:.0f} s, CPU {r['cpu_seconds']:.0f} s)"
+        f"throttled {r['throttled_calls']:>7,}  "
+        f"({r['seconds']:.0f} s, CPU {r['cpu_seconds']:.0f} s)"
     )
 
 
@@ -162,7 +165,12 @@ def chart(results: list[dict[str, Any]], path: Path, title: str) -> None:
     for r in results:
         series.setdefault((r["strategy"], r["agent"], r["workers"]), []).append(r)
     styles = {"single": "-", "alternating": "--"}
-    colors = {(False, 1): "#4c72b0", (False, 4): "#55a868", (True, 1): "#c44e52", (True, 4): "#8172b2"}
+    colors = {
+        (False, 1): "#4c72b0",
+        (False, 4): "#55a868",
+        (True, 1): "#c44e52",
+        (True, 4): "#8172b2",
+    }
     for (strategy, agent, workers), rows in sorted(series.items()):
         rows.sort(key=lambda r: r["tasks"])
         tasks = [r["tasks"] for r in rows]
@@ -289,7 +297,11 @@ def _bed_latencies(bed: Any, rounds: int = 30) -> dict[str, float]:
     from benchmarks.clients import static_engine  # noqa: PLC0415
 
     secret = bed.new_secret("single")
-    timings: dict[str, list[float]] = {"get_secret_value_s": [], "login_s": [], "refused_login_s": []}
+    timings: dict[str, list[float]] = {
+        "get_secret_value_s": [],
+        "login_s": [],
+        "refused_login_s": [],
+    }
     with counting_proxy(bed) as proxy:
         client = bed.secretsmanager.client(proxy.endpoint_url)
         good = static_engine(bed, secret, poolclass=NullPool)

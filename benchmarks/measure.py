@@ -213,6 +213,8 @@ def ratio_goal(
             f"{sign} {target}",
             f"{wall.ratio:.3f} (95% CI {wall.low:.3f}-{wall.high:.3f}; CPU {cpu.ratio:.3f}; "
             f"A/A control {control.ratio:.3f})",
-            judge(wall, control, (lambda r: r >= target) if throughput else (lambda r: r <= target)),
+            judge(
+                wall, control, (lambda r: r >= target) if throughput else (lambda r: r <= target)
+            ),
         ),
     }

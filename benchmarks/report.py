@@ -345,7 +345,10 @@ def _chart_overhead(
     names = ["1. connect", "A/A", "2. checkout\nthroughput", "A/A"]
     ratios = [connect["wall"], connect["control_wall"], checkout["wall"], checkout["control_wall"]]
     colors = ["#4c72b0", "#b0b0b0", "#55a868", "#b0b0b0"]
-    for label, outcome, color in (("1b", async_connect, "#4c72b0"), ("2b", async_checkout, "#55a868")):
+    for label, outcome, color in (
+        ("1b", async_connect, "#4c72b0"),
+        ("2b", async_checkout, "#55a868"),
+    ):
         for driver, d in ((outcome or {}).get("drivers") or {}).items():
             if "wall" in d:
                 names += [f"{label}. {driver}", "A/A"]
