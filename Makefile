@@ -9,7 +9,7 @@ PGBOUNCER := /usr/sbin/pgbouncer
 PYTEST_ARGS ?=
 LINT_PATHS := $(wildcard rotating_pool tests examples benchmarks)
 
-.PHONY: venv postgres pgbouncer test lint demo demo-threads bench bench-quick
+.PHONY: venv postgres pgbouncer test lint demo demo-threads bench bench-quick bench-fleet-sim
 
 venv: $(VENV_STAMP)
 
@@ -67,3 +67,8 @@ bench: $(BENCH_STAMP) postgres
 # The same, briefly: only checks that every benchmark runs (CI); about 2 minutes.
 bench-quick: $(BENCH_STAMP) postgres
 	$(VENV)/bin/python -m benchmarks.run --quick
+	$(VENV)/bin/python -m benchmarks.fleet_sim --quick
+
+# The fleet simulator's sweep (benchmarks/README.md, "Fleet simulator"); no database needed.
+bench-fleet-sim: $(BENCH_STAMP)
+	$(VENV)/bin/python -m benchmarks.fleet_sim

@@ -329,6 +329,8 @@ class WorldConfig:
         pool_recycle, think: how often a connection is renewed; a thread's pause
             between requests (a renewal happens at the next checkout).
         get_tps, describe_tps, burst_seconds: the account's quotas, bucket depth.
+        combined_quota: one bucket at `get_tps` for both APIs (the quotas page's
+            wording of a "combined rate") instead of one per API (AWS's announcement).
         sm_latency, login_latency, refused_latency, agent_hop: latencies.
         sdk_attempts, agent_sdk_attempts: attempts per call of each SDK.
         refresh_interval, agent_ttl, agent_timeout: the store's refresh
@@ -352,6 +354,7 @@ class WorldConfig:
     get_tps: float = 10_000.0
     describe_tps: float = 40_000.0
     burst_seconds: float = 1.0
+    combined_quota: bool = False
     sm_latency: Latency = SECRETS_MANAGER_LATENCY
     login_latency: Latency = LOGIN_LATENCY
     refused_latency: Latency = REFUSED_LOGIN_LATENCY
@@ -380,6 +383,7 @@ class World:
             {GET: config.get_tps, DESCRIBE: config.describe_tps},
             config.burst_seconds,
             config.sm_latency.sampler(self.rng),
+            combined=config.combined_quota,
         )
         self.db = Database()
         self._login = config.login_latency.sampler(self.rng)
@@ -453,7 +457,7 @@ class World:
 
     def on_refresh(self, process: Process) -> None:
         """A refresh changed the process's credentials: wake it if they do not work."""
-        if self.db.check(process.current) is not None:
+        if not self.db.accepts(process.current):
             self._wake(process)
 
     def _schedule_refresh(self, process: Process, delay: float) -> None:
@@ -500,16 +504,15 @@ class World:
 
         def login(credentials: Credentials) -> None:
             out.logins += 1
-            accepted = self.db.check(credentials) is None
+            accepted = self.db.accepts(credentials)
             loop.after(self._login() if accepted else self._refused(), lambda: ended(credentials))
 
         def ended(credentials: Credentials) -> None:
             nonlocal refused
-            error = self.db.check(credentials)  # the server decides at the end of the handshake
-            if error is not None:
+            if not self.db.accepts(credentials):  # the server decides at the handshake's end
                 refused += 1
                 out.refused_logins += 1
-                send(error)
+                send(self.db.refusal(credentials))
                 return
             plan.close()
             if refused:

@@ -15,6 +15,7 @@ import heapq
 import itertools
 import math
 import random
+import statistics
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -76,12 +77,14 @@ class Latency:
     median: float
     p99: float
 
-    def sampler(self, rng: random.Random) -> Callable[[], float]:
-        """A function drawing one latency in seconds."""
+    def sampler(self, rng: random.Random, size: int = 4096) -> Callable[[], float]:
+        """A function drawing one latency in seconds (from `size` quantiles, for speed)."""
         mu = math.log(self.median)
         sigma = math.log(self.p99 / self.median) / 2.326 if self.p99 > self.median else 0.0
-        gauss, exp = rng.gauss, math.exp
-        return lambda: exp(mu + sigma * gauss())
+        normal = statistics.NormalDist()
+        table = [math.exp(mu + sigma * normal.inv_cdf((i + 0.5) / size)) for i in range(size)]
+        draw = rng.random
+        return lambda: table[int(draw() * size)]
 
 
 class Throttled(SecretsManagerUnavailableError):
@@ -112,7 +115,8 @@ class _Bucket:
 
 
 class SecretsManager:
-    """One secret behind a token bucket per API, as AWS keeps a quota per API.
+    """One secret behind a token bucket per API, as AWS announced a quota per API
+    (or one bucket for all, `combined`, as its quotas page has also worded it).
 
     A call takes a token when it arrives; without one it is answered
     ThrottlingException after the same latency (a throttled call takes no
@@ -127,12 +131,17 @@ class SecretsManager:
         rates: dict[str, float],
         burst_seconds: float,
         latency: Callable[[], float],
+        *,
+        combined: bool = False,
     ) -> None:
         self.loop = loop
         self.latency = latency
         self.buckets = {
             op: _Bucket(rate, max(1.0, rate * burst_seconds)) for op, rate in rates.items()
         }
+        if combined:  # one bucket for every operation, at the first one's rate
+            shared = next(iter(self.buckets.values()))
+            self.buckets = dict.fromkeys(self.buckets, shared)
         self.versions: dict[str, Version] = {}
         self.stages: dict[str, set[str]] = {}
         self.calls: Counter[str] = Counter()
@@ -177,6 +186,7 @@ class SecretsManager:
         """
         self.calls[operation] += 1
         self.purposes[purpose] += 1
+        self.purposes[f"{purpose}:{operation}"] += 1
         admitted = self.buckets[operation].take(self.loop.now)
         if not admitted:
             self.throttled[operation] += 1
@@ -295,8 +305,10 @@ class Database:
     def __init__(self) -> None:
         self.passwords: dict[str, str] = {}
 
-    def check(self, credentials: Credentials) -> BaseException | None:
-        """None if the login is accepted, else the error psycopg would raise."""
-        if self.passwords.get(credentials.username) == credentials.password:
-            return None
+    def accepts(self, credentials: Credentials) -> bool:
+        """Whether a login with `credentials` succeeds now."""
+        return self.passwords.get(credentials.username) == credentials.password
+
+    def refusal(self, credentials: Credentials) -> BaseException:
+        """The error psycopg raises for a refused login."""
         return OSError(f"FATAL:  password authentication failed for user {credentials.username!r}")

@@ -46,11 +46,13 @@ _HOP_BY_HOP = frozenset(
 )
 _UPSTREAM_TIMEOUT = 30.0
 
-# AWS gives each Secrets Manager API its own quota per account and region:
-# GetSecretValue 10,000 TPS, DescribeSecret 40,000 TPS
-# (https://docs.aws.amazon.com/secretsmanager/latest/userguide/reference_limits.html).
+# AWS announced a quota per Secrets Manager API and account and region,
+# GetSecretValue 10,000 and DescribeSecret 40,000 requests per second
+# (https://aws.amazon.com/about-aws/whats-new/2025/03/aws-secrets-manager-increases-api-requests-seconds/).
 # `throttle(rate)` keeps that ratio: `rate` is GetSecretValue's, and each
 # operation here gets that many times more; any other operation gets `rate`.
+# (AWS's quotas page has also worded it as one rate for both combined; these
+# buckets model the announced, separate quotas.)
 AWS_QUOTA_RATIOS: Mapping[str, float] = {"GetSecretValue": 1.0, "DescribeSecret": 4.0}
 
 
