@@ -41,6 +41,8 @@ from benchmarks.measure import percentile
 from rotating_pool.policy import RetryBudget
 
 RESULTS = Path(__file__).resolve().parent / "results"
+GET_TPS = WorldConfig.get_tps
+DESCRIBE_TPS = WorldConfig.describe_tps
 
 SIZES = (100, 1_000, 10_000)
 QUICK_SIZES = (100, 1_000)
@@ -270,6 +272,7 @@ def calibrate() -> int:
         "failed": sum(r["failed"] for r in runs) / len(runs),
     }
     stall = real["rotating"]["stall"]
+    quiet = real["quiet"]
     local = {
         "calls_per_process_per_rotation": real["calls_per_rotation_per_process"],
         "stall_p99_s": stall["p99_s"],
@@ -290,7 +293,10 @@ def calibrate() -> int:
         f"GetSecretValue throttled at {fleet.THROTTLE_PER_SECOND:.0f}/s; bed latencies "
         f"(median): GetSecretValue {measured['get_secret_value_s'] * 1000:.1f} ms, login "
         f"{measured['login_s'] * 1000:.1f} ms, refused login "
-        f"{measured['refused_login_s'] * 1000:.1f} ms; simulator: mean of 10 seeds\n"
+        f"{measured['refused_login_s'] * 1000:.1f} ms; simulator: mean of 10 seeds; the local "
+        f"fleet's quiet segment (no rotation): longest transaction "
+        f"{quiet['longest_transaction_s']:.2f} s, worst worker's p99 "
+        f"{quiet['worst_worker_p99_s']:.2f} s (what CPU contention alone costs here)\n"
     )
     print(f"{'figure':<30} {'local fleet':>12} {'simulator':>12} {'sim / local':>12}  goal")
     within = True
@@ -304,7 +310,13 @@ def calibrate() -> int:
         print(f"{label:<30} {local[key]:>12.2f} {sim[key]:>12.2f} {ratio:>12.2f}  {verdict}")
     _write(
         RESULTS / "fleet_sim_calibration.json",
-        {"local": local, "simulator": sim, "bed_latencies": measured, "within_25pct": within},
+        {
+            "local": local,
+            "simulator": sim,
+            "bed_latencies": measured,
+            "local_quiet": quiet,
+            "within_25pct": within,
+        },
     )
     return 0
 
@@ -357,19 +369,32 @@ def _mean(values: Iterable[float]) -> float:
 
 CANDIDATES = (
     RetryBudget(),
-    RetryBudget(rounds=8, base_delay=0.1, max_delay=1.0, deadline=20.0),
-    RetryBudget(rounds=10, base_delay=0.2, max_delay=2.0, deadline=20.0),
-    RetryBudget(rounds=8, base_delay=0.25, max_delay=4.0, deadline=25.0),
+    RetryBudget(rounds=16),
+    RetryBudget(rounds=12, base_delay=0.25, max_delay=2.0),
+    RetryBudget(rounds=16, base_delay=0.25, max_delay=1.0),
+    RetryBudget(rounds=12, base_delay=0.5, max_delay=4.0, deadline=25.0),
 )
 
 
-def recommend_configs(tasks: int = 10_000, workers: int = 4) -> list[WorldConfig]:
-    """Each candidate budget on the largest fleet's hardest cases: single-user
-    rotation read directly, under AWS's announced quotas and under the
-    quotas page's combined reading."""
+def recommend_configs(scale: float, tasks: int = 10_000, workers: int = 4) -> list[WorldConfig]:
+    """Each candidate budget on the largest fleet's hardest case: a single-user
+    rotation read directly, under AWS's announced quotas and under the quotas
+    page's combined reading.
+
+    At `scale` < 1 the fleet and the quotas shrink together (1,000 tasks
+    against 1,000 GetSecretValue a second behave as 10,000 against 10,000:
+    same demand per second of quota, same bucket depth in seconds, same
+    latencies), which the sweep's full-size run checks (`--recommend` prints both).
+    """
     return [
         WorldConfig(
-            tasks=tasks, workers=workers, strategy="single", budget=budget, combined_quota=combined
+            tasks=round(tasks * scale),
+            workers=workers,
+            strategy="single",
+            budget=budget,
+            combined_quota=combined,
+            get_tps=GET_TPS * scale,
+            describe_tps=DESCRIBE_TPS * scale,
         )
         for budget in CANDIDATES
         for combined in (False, True)
@@ -400,12 +425,19 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--recommend", action="store_true", help="retry budgets on 10,000 x 4")
     parser.add_argument("--output", type=Path, default=RESULTS, help="where to write results")
     parser.add_argument("--jobs", type=int, default=2, help="fleets simulated at once (cores)")
+    parser.add_argument(
+        "--scale",
+        type=float,
+        default=0.1,
+        help="--recommend: fleet and quotas scaled together (default 0.1: 1,000 x 4 tasks "
+        "against 1,000 GetSecretValue/s)",
+    )
     args = parser.parse_args(argv)
     if args.calibrate:
         return calibrate()
     started = time.monotonic()
     if args.recommend:
-        results = run_all(recommend_configs(), args.jobs)
+        results = run_all(recommend_configs(args.scale), args.jobs)
         stem = "fleet_sim_recommend"
     else:
         sizes = QUICK_SIZES if args.quick else SIZES

@@ -48,30 +48,35 @@ def _checkout(r: dict[str, Any]) -> Rows:
     yield from _ratios(r)
 
 
-def _async_connect(r: dict[str, Any]) -> Rows:
+def _per_driver(r: dict[str, Any], headline: Callable[[dict[str, Any]], tuple[str, str]]) -> Rows:
     for driver, d in r["drivers"].items():
         if "not_measured" in d:
             yield driver, f"not measured: {d['not_measured']}"
             continue
-        yield (
-            f"{driver}: static / rotating_pool, median",
-            f"{_ms(d['static_median_ms'])} / {_ms(d['rotating_pool_median_ms'])}",
-        )
+        label, value = headline(d)
+        yield f"{driver}: {label}", value
         for label, value in _ratios(d):
             yield f"{driver}: {label}", value
+
+
+def _async_connect(r: dict[str, Any]) -> Rows:
+    return _per_driver(
+        r,
+        lambda d: (
+            "static / rotating_pool, median",
+            f"{_ms(d['static_median_ms'])} / {_ms(d['rotating_pool_median_ms'])}",
+        ),
+    )
 
 
 def _async_checkout(r: dict[str, Any]) -> Rows:
-    for driver, d in r["drivers"].items():
-        if "not_measured" in d:
-            yield driver, f"not measured: {d['not_measured']}"
-            continue
-        yield (
-            f"{driver}: static / rotating_pool",
+    return _per_driver(
+        r,
+        lambda d: (
+            "static / rotating_pool",
             f"{d['static_per_second']:.0f} / {d['rotating_pool_per_second']:.0f} checkouts/s",
-        )
-        for label, value in _ratios(d):
-            yield f"{driver}: {label}", value
+        ),
+    )
 
 
 def _recovery(r: dict[str, Any]) -> Rows:
