@@ -225,7 +225,7 @@ def chart(results: list[dict[str, Any]], path: Path, title: str) -> None:
     stall_axis.set_ylabel("stall of a request that met a refused login (s)")
     stall_axis.set_title("Stall p99 (lines) and max (dotted, x)")
     figure.suptitle(title, fontsize=10)
-    figure.tight_layout(rect=(0, 0, 1, 0.95))
+    figure.tight_layout(rect=(0, 0, 1, 0.92))
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=90)
     plt.close(figure)
@@ -461,10 +461,10 @@ def main(argv: list[str] | None = None) -> int:
         chart(
             results,
             args.output / f"{stem}.png",
-            f"Fleet simulator ({stem}, `python -m benchmarks.fleet_sim`): one rotation, "
-            f"{config.window:.0f} s from setSecret to finishSecret, {config.threads} pooled "
-            f"connections per process recycled every {config.pool_recycle} s; quotas per "
-            "account: GetSecretValue 10,000/s, DescribeSecret 40,000/s; RetryBudget() defaults",
+            f"Fleet simulator ({stem}): one rotation, {config.window:.0f} s from setSecret to "
+            f"finishSecret, {config.threads} pooled connections per process recycled every "
+            f"{config.pool_recycle} s\nquotas per account: GetSecretValue 10,000/s, "
+            "DescribeSecret 40,000/s; RetryBudget() defaults",
         )
     print(f"wrote {args.output / stem}.json and .md" + ("" if args.recommend else " and .png"))
     return 0
