@@ -31,6 +31,7 @@ logged in, and the number of refusals.
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -62,6 +63,8 @@ __all__ = [
     "use_providers",
 ]
 
+logger = logging.getLogger("rotating_pool")
+
 SCOPE = "rotating_pool"
 """The instrumentation scope (meter and tracer name)."""
 
@@ -85,6 +88,7 @@ _THROTTLING_CODES = frozenset(
 )
 _STARTED = "rotating_pool.started"
 _SECRET = "rotating_pool.secret_id"  # noqa: S105
+_API = "rotating_pool.api"
 
 
 # (attribute, name, unit, description): histograms are the ones in seconds.
@@ -213,42 +217,53 @@ def instrument_client(client: Any) -> None:
         )
 
 
-def _note_secret(params: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
-    secret_id = params.get("SecretId")
-    if isinstance(secret_id, str):
+def _note_secret(params: Any = None, context: Any = None, **_: Any) -> None:
+    secret_id = params.get("SecretId") if isinstance(params, dict) else None
+    if isinstance(context, dict) and isinstance(secret_id, str):
         context[_SECRET] = secret_id
 
 
-def _note_start(context: dict[str, Any], **_: Any) -> None:
-    context[_STARTED] = time.perf_counter()
+def _note_start(model: Any = None, context: Any = None, **_: Any) -> None:
+    if isinstance(context, dict):
+        context[_STARTED] = time.perf_counter()
+        context[_API] = str(getattr(model, "name", "unknown"))
 
 
 def _after_call(
-    http_response: Any, parsed: Any, model: Any, context: dict[str, Any], **_: Any
+    http_response: Any = None, parsed: Any = None, context: Any = None, **_: Any
 ) -> None:
     code = parsed.get("Error", {}).get("Code") if isinstance(parsed, dict) else None
     status = int(getattr(http_response, "status_code", 0) or 0)
     if status < 300 and not code:
-        _record(model, context, "ok", None)
+        _record(context, "ok", None)
     elif status == 429 or code in _THROTTLING_CODES:
-        _record(model, context, "throttled", code or "429")
+        _record(context, "throttled", code or "429")
     else:
-        _record(model, context, "error", code or str(status))
+        _record(context, "error", code or str(status))
 
 
 def _after_call_error(
-    exception: BaseException, model: Any, context: dict[str, Any], **_: Any
+    exception: BaseException | None = None, context: Any = None, **_: Any
 ) -> None:
-    # No answer at all (timeout, connection refused): the type says enough.
-    _record(model, context, "error", type(exception).__name__)
+    # No answer at all (time-out, connection refused): the type says enough.
+    _record(context, "error", type(exception).__name__)
 
 
-def _record(model: Any, context: dict[str, Any], outcome: str, error_type: str | None) -> None:
-    started = context.get(_STARTED)
-    seconds = time.perf_counter() - started if isinstance(started, float) else None
-    telemetry().record_call(
-        str(model.name), str(context.get(_SECRET, "")), outcome, error_type, seconds
-    )
+def _record(context: Any, outcome: str, error_type: str | None) -> None:
+    # An observer must never break the call it observes.
+    try:
+        context = context if isinstance(context, dict) else {}
+        started = context.get(_STARTED)
+        seconds = time.perf_counter() - started if isinstance(started, float) else None
+        telemetry().record_call(
+            str(context.get(_API, "unknown")),
+            str(context.get(_SECRET, "")),
+            outcome,
+            error_type,
+            seconds,
+        )
+    except Exception:
+        logger.exception("rotating_pool: recording a Secrets Manager call failed")
 
 
 class ConnectWatch:
