@@ -174,12 +174,17 @@ def retirement_times(
 ) -> list[float]:
     """`count` moments in ``[start, start + window)``, one at random in each of
     `count` equal slices: at most ceil(count / window) + 1 fall in any 1-second
-    interval, where independent draws could bunch up."""
+    interval, where independent draws could bunch up.
+
+    Each moment keeps a tenth of its slice clear on either side, so that the
+    small delays of carrying a retirement out (a checkin, the scheduler's
+    wake-up) cannot push neighbours of three slices into one second.
+    """
     if count <= 0:
         return []
     uniform = (rng or random).uniform
     width = window / count
-    return [start + (slot + uniform(0.0, 1.0)) * width for slot in range(count)]
+    return [start + (slot + uniform(0.1, 0.9)) * width for slot in range(count)]
 
 
 def max_per_second(count: int, window: float) -> int:
@@ -321,6 +326,11 @@ class Retirement:
             and login.fingerprint != current.fingerprint
         ]
 
+    def _has_open_connections(self) -> bool:
+        with self._lock:
+            records = list(self._records)
+        return any(record.dbapi_connection is not None for record in records)
+
     # -- pool events (any thread, or the event loop for async engines) --------
 
     def _on_connect(self, dbapi_connection: DBAPIConnection, record: ConnectionPoolEntry) -> None:
@@ -393,7 +403,8 @@ class Retirement:
             retirement = self_ref()
             if retirement is None or retirement._engine() is None:
                 return  # the engine is gone: stop polling
-            retirement._store.held()  # starts the background refresh when due; never waits
+            if retirement._has_open_connections():  # nothing to retire, nothing to notice
+                retirement._store.held()  # starts the background refresh when due; never waits
             retirement._schedule_poll(time.monotonic())
 
         # The store refreshes when its own (jittered) interval is due; ticking
