@@ -16,7 +16,8 @@ the pool replaces it at its next checkout:
   ``ConnectionPoolEntry.info`` which credentials it logged in with (`Login`:
   the user, the version id and a keyed fingerprint, never the password).
 - **When.** Each superseded connection gets its own moment, drawn at random
-  within its own slice of the retirement window (stratified jitter): n
+  within the middle half of its own slice of the retirement window
+  (stratified jitter): n
   connections over a window of W seconds are retired at most ceil(n / W) + 1
   in any second, and a fleet of processes, each drawing its own moments,
   spreads its reconnects the same way.
@@ -176,15 +177,16 @@ def retirement_times(
     `count` equal slices: at most ceil(count / window) + 1 fall in any 1-second
     interval, where independent draws could bunch up.
 
-    Each moment keeps a tenth of its slice clear on either side, so that the
-    small delays of carrying a retirement out (a checkin, the scheduler's
-    wake-up) cannot push neighbours of three slices into one second.
+    Each moment falls in the middle half of its slice, so that the small
+    delays of carrying a retirement out (waiting for a checkin, the
+    scheduler's wake-up on a busy machine) cannot push the moments of four
+    slices into one second.
     """
     if count <= 0:
         return []
     uniform = (rng or random).uniform
     width = window / count
-    return [start + (slot + uniform(0.1, 0.9)) * width for slot in range(count)]
+    return [start + (slot + uniform(0.25, 0.75)) * width for slot in range(count)]
 
 
 def max_per_second(count: int, window: float) -> int:
