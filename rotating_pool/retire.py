@@ -260,7 +260,7 @@ class Retirement:
         retire_after: seconds from a rotation to its last superseded connection.
         on_retired: called with the `Login` of each connection retired
             (metrics); never with a password.
-        rng: random source for the moments (tests pass a seeded one).
+        rng: random source for the moments (a seeded one makes them repeatable).
     """
 
     def __init__(
@@ -301,7 +301,8 @@ class Retirement:
             retirement = self_ref()
             if retirement is None:
                 if unsubscribe is not None:
-                    unsubscribe()
+                    # Later, from the scheduler: the store's lock is held here.
+                    _scheduler.at(time.monotonic(), unsubscribe)
                 return
             retirement._changed(previous, new)
 

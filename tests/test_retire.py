@@ -315,3 +315,22 @@ def test_an_engine_with_retirement_is_a_plain_engine(make_secret):
     engine, _ = engine_for(make_secret(), retire_after=60)
     assert isinstance(engine, sqlalchemy.Engine)
     engine.dispose()
+
+
+def test_a_store_outliving_an_engine_with_retirement_keeps_working(make_secret):
+    """A retirement whose engine is gone drops its subscription without
+    deadlocking the store (its subscribers run under the store's lock)."""
+    import gc  # noqa: PLC0415
+
+    arn = make_secret("alternating")
+    gone = rotating_pool.create_engine("postgresql+psycopg://", secret_id=arn, retire_after=30)
+    kept = rotating_pool.create_engine("postgresql+psycopg://", secret_id=arn, retire_after=30)
+    store = rotating_pool.credential_store(kept)
+    assert rotating_pool.credential_store(gone) is store
+    del gone
+    gc.collect()
+    changed = threading.Thread(target=store.confirm, args=(Credentials("someone", "else"),))
+    changed.start()
+    changed.join(timeout=10)
+    assert not changed.is_alive(), "the store deadlocked"
+    kept.dispose()
