@@ -596,7 +596,7 @@ def test_local_runner_quick_mode_loses_no_request_and_no_write(tmp_path: Path) -
         r"database sessions\s+(\d+)\s+samples of pg_stat_activity \(users: (.*)\)", output
     )
     assert sessions, output[-3000:]
-    assert int(sessions[1]) > 10 and sessions[2] == "orders_a, orders_b"
+    assert int(sessions[1]) > 10 and sessions[2].startswith("orders_")
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert chart.stat().st_size > 10_000
 
