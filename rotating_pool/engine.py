@@ -32,9 +32,11 @@ from rotating_pool.policy import (
     is_login_rejection,
     login_plan,
 )
+from rotating_pool.retire import Retirement, poll_interval, record_login, validate_retire_after
 from rotating_pool.secret import Credentials
 from rotating_pool.sources import SecretsManagerSource, SecretSource
 from rotating_pool.store import CredentialStore, Stats
+from rotating_pool.telemetry import instrument_client, telemetry
 from rotating_pool.waiting import BlockingWaits, GreenletWaits, Waits
 
 if TYPE_CHECKING:
@@ -85,6 +87,7 @@ def create_engine(
     retry: RetryBudget | None = None,
     use_pending: bool = True,
     source: SecretSource | SourceName | None = None,
+    retire_after: float | None = None,
     **engine_kwargs: Any,
 ) -> Engine:
     """A drop-in for `sqlalchemy.create_engine` whose logins come from a secret.
@@ -99,7 +102,7 @@ def create_engine(
         url: the database URL; its driver must be a PostgreSQL one
             (``postgresql+psycopg://`` with no user, password or host is typical).
         secret_id: the secret's name or ARN.
-        client, refresh_interval, retry, use_pending, source: see `attach`.
+        client, refresh_interval, retry, use_pending, source, retire_after: see `attach`.
 
     >>> import rotating_pool
     >>> engine = rotating_pool.create_engine(
@@ -114,6 +117,7 @@ def create_engine(
         retry=retry,
         use_pending=use_pending,
         source=source,
+        retire_after=retire_after,
     )
 
 
@@ -126,6 +130,7 @@ def create_async_engine(
     retry: RetryBudget | None = None,
     use_pending: bool = True,
     source: SecretSource | SourceName | None = None,
+    retire_after: float | None = None,
     **engine_kwargs: Any,
 ) -> AsyncEngine:
     """A drop-in for `sqlalchemy.ext.asyncio.create_async_engine`; see `create_engine`.
@@ -149,6 +154,7 @@ def create_async_engine(
         retry=retry,
         use_pending=use_pending,
         source=source,
+        retire_after=retire_after,
     )
 
 
@@ -161,6 +167,7 @@ def attach(
     retry: RetryBudget | None = None,
     use_pending: bool = True,
     source: SecretSource | SourceName | None = None,
+    retire_after: float | None = None,
 ) -> T:
     """Make an existing engine take its logins from a secret; returns it.
 
@@ -195,6 +202,12 @@ def attach(
             ``ROTATING_POOL_AGENT_ENDPOINT``). Or any `SecretSource`, e.g.
             ``AgentSource(secret_id, endpoint=..., token=...)``. `client` is
             used only by the default.
+        retire_after: close pooled connections made with superseded
+            credentials within this many seconds (at least 5) of a rotation,
+            each at its own random moment and never while checked out; the
+            background refresh then runs every tenth of it (at least 1 s) so
+            that a busy pool notices. None (the default): connections live as
+            long as the pool keeps them. See `rotating_pool.retire`.
 
     Raises:
         AlreadyAttachedError: rotating_pool already manages this engine.
@@ -213,6 +226,10 @@ def attach(
             f"{_hooks[dialect].store.secret_id!r}: attach once per engine "
             "(make a second engine for a second secret)"
         )
+    retire_after = validate_retire_after(retire_after)
+    if retire_after is not None and isinstance(refresh_interval, int | float):
+        # Retirement must notice a rotation by itself: a busy pool makes no logins.
+        refresh_interval = min(refresh_interval, poll_interval(retire_after))
     store = _store_for(secret_id, client, refresh_interval, use_pending, source)
     if retry is None:
         retry = RetryBudget()
@@ -220,6 +237,14 @@ def attach(
         raise ConfigurationError(f"retry must be a RetryBudget, not {type(retry).__name__}")
     hook = _ConnectHook(store, retry, dialect)
     event.listen(sync_engine, "do_connect", hook)
+    if retire_after is not None:
+        secret = store.secret_id
+        hook.retirement = Retirement(
+            sync_engine,
+            store,
+            retire_after,
+            on_retired=lambda login: telemetry().connection_retired(secret, login),
+        )
     _hooks[dialect] = hook
     _engines.add(sync_engine)
     return engine
@@ -293,6 +318,8 @@ def _store_for(
             store = CredentialStore(
                 made, refresh_interval=refresh_interval, use_pending=use_pending
             )
+            if isinstance(made, SecretsManagerSource):
+                made.add_client_hook(instrument_client)  # metrics, with OpenTelemetry
             _stores[key] = store
         return store
 
@@ -340,6 +367,7 @@ class _ConnectHook:
         self.dbname_key = _DATABASE_KEY.get(dialect.driver, "dbname")
         self.timeout_key = _TIMEOUT_KEY.get(dialect.driver, "connect_timeout")
         self.waits: Waits = GreenletWaits() if dialect.is_async else BlockingWaits()
+        self.retirement: Retirement | None = None
 
     def __repr__(self) -> str:
         return f"<rotating_pool hook for secret {self.store.secret_id!r}>"
@@ -354,16 +382,21 @@ class _ConnectHook:
         # SQLAlchemy 2.0 hands every connect of an engine the same cparams
         # dict (2.1 a copy): it is read here, never written, so concurrent
         # logins cannot mix one user with another's password.
+        watch = telemetry().watch_connect(self.store.secret_id)
+
         def login(credentials: Credentials, timeout: int) -> DBAPIConnection:
             params = connect_params(
                 cparams, credentials, self.dbname_key, (self.timeout_key, timeout)
             )
-            connection = dialect.connect(*cargs, **params)
+            with watch.attempt(credentials):
+                connection = dialect.connect(*cargs, **params)
             if dialect.driver == "pg8000":
                 _keep_pg8000_timeout(connection, cparams.get("timeout"))
+            record_login(conn_rec, credentials)  # for retirement; never the password
             return connection
 
-        return connect_with_recovery(self.store, self.budget, login, self.waits)
+        with watch:
+            return connect_with_recovery(self.store, self.budget, login, self.waits)
 
 
 def connect_params(

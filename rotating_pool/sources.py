@@ -29,7 +29,7 @@ import collections
 import dataclasses
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import botocore.config
@@ -169,6 +169,7 @@ class SecretsManagerSource:
         self._client: SecretsManagerClient | None = client
         self._memo = VersionMemo()
         self._lock = threading.Lock()
+        self._client_hooks: list[Callable[[SecretsManagerClient], None]] = []
 
     @property
     def secret_id(self) -> str:
@@ -177,6 +178,16 @@ class SecretsManagerSource:
 
     def __repr__(self) -> str:
         return f"SecretsManagerSource(secret_id={self._secret_id!r})"
+
+    def add_client_hook(self, hook: Callable[[SecretsManagerClient], None]) -> None:
+        """Call ``hook(client)`` on every boto3 client this source reads with
+        (now, and whenever it makes one): for observers such as
+        `rotating_pool.telemetry`, which count calls through botocore's events."""
+        with self._lock:
+            self._client_hooks.append(hook)
+            client = self._client
+        if client is not None:
+            hook(client)
 
     def load(self) -> Credentials:
         """One GetSecretValue(AWSCURRENT); see `SecretSource.load`."""
@@ -269,6 +280,8 @@ class SecretsManagerSource:
                     self._client = boto3.session.Session().client(
                         "secretsmanager", config=DEFAULT_CLIENT_CONFIG
                     )
+                    for hook in self._client_hooks:
+                        hook(self._client)
                 client = self._client
         return client
 

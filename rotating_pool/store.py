@@ -39,6 +39,10 @@ logger = logging.getLogger("rotating_pool")
 
 Answer = Credentials | BaseException | None
 
+Subscriber = Callable[["Credentials | None", Credentials], None]
+"""Called as ``subscriber(previous, new)`` when the credentials in use change
+(``previous`` is None at the first load)."""
+
 # Version ids refused lately, remembered so that a refetch does not offer them
 # again (a single-user rotation's AWSPENDING is refused once finished, say).
 _REFUSED_VERSIONS_KEPT = 4
@@ -161,6 +165,7 @@ class CredentialStore:
         )
         # (refused credentials, when a refetch for them found nothing new)
         self._nothing_new: tuple[Credentials, float] | None = None
+        self._subscribers: list[Subscriber] = []
         self._init_locks()
         _live_stores.add(self)
 
@@ -192,6 +197,24 @@ class CredentialStore:
         """Add to one of the `Stats` counters (used by the connect shells)."""
         with self._lock:
             self._counts[name] += n
+
+    def subscribe(self, subscriber: Subscriber) -> Callable[[], None]:
+        """Call ``subscriber(previous, new)`` whenever the credentials in use
+        change; returns a function that unsubscribes.
+
+        Observers only (retirement, metrics): the call happens in the thread
+        that changed the credentials, with the store's lock held, so a
+        subscriber must return quickly and must not call the store. An error
+        it raises is logged and ignored.
+        """
+        with self._lock:
+            self._subscribers.append(subscriber)
+
+        def unsubscribe() -> None:
+            with self._lock, contextlib.suppress(ValueError):
+                self._subscribers.remove(subscriber)
+
+        return unsubscribe
 
     def held(self) -> Credentials | None:
         """The credentials to log in with, or None before the first read. Never waits."""
@@ -360,6 +383,11 @@ class CredentialStore:
             credentials.stage,
             why,
         )
+        for subscriber in list(self._subscribers):
+            try:
+                subscriber(previous, credentials)
+            except Exception:  # an observer must never break a login
+                logger.exception("secret %r: a credentials subscriber failed", self.secret_id)
 
     def _poll_delay(self, interval: float) -> float:
         return random.uniform(interval / 2, interval)

@@ -591,5 +591,31 @@ def test_local_runner_quick_mode_loses_no_request_and_no_write(tmp_path: Path) -
     assert int(rotations[1]) >= 1
     assert int(rotations[2]) >= 1
     assert re.search(r"secrets in app log\s+0 ", output)
+    # The sessions panel's data: pg_stat_activity sampled, both users seen.
+    sessions = re.search(
+        r"database sessions\s+(\d+)\s+samples of pg_stat_activity \(users: (.*)\)", output
+    )
+    assert sessions, output[-3000:]
+    assert int(sessions[1]) > 10 and sessions[2].startswith("orders_")
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert chart.stat().st_size > 10_000
+
+
+def test_the_sessions_panel_draws_one_line_per_user() -> None:
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    from examples.fargate_sidecar.run_local import SessionSample, plot_sessions  # noqa: PLC0415
+
+    samples = [
+        SessionSample(0.5, {"app_a": 4}),
+        SessionSample(1.0, {"app_a": 2, "app_b": 2}),
+        SessionSample(1.5, {"app_b": 4}),
+    ]
+    figure, axis = plt.subplots()
+    plot_sessions(axis, samples)
+    lines = {line.get_label(): list(line.get_ydata()) for line in axis.get_lines()}
+    plt.close(figure)
+    assert lines == {"sessions of app_a": [4, 2, 0], "sessions of app_b": [0, 2, 4]}

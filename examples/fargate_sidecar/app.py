@@ -24,6 +24,8 @@ variable                       default                     meaning
                                                            host/port/dbname (e.g. an RDS Proxy)
 ``DB_POOL_SIZE``               ``5``                       connections kept per process
 ``DB_POOL_RECYCLE``            ``1800``                    seconds before a connection is replaced
+``DB_RETIRE_AFTER``            (unset: off)                ``retire_after``: seconds from a rotation
+                                                           to the last superseded connection closed
 ``AWS_TOKEN``                  (required)                  the agent's token, or ``file:///path``
 ``ROTATING_POOL_AGENT_ENDPOINT``  ``http://localhost:2773``  where the agent listens
 ``LOG_LEVEL``                  ``INFO``                    the app's and rotating_pool's log level
@@ -86,6 +88,10 @@ engine = rotating_pool.create_engine(
     # connections kept across rotations go on working (PostgreSQL does not end
     # open sessions when a password changes).
     pool_recycle=float(os.environ.get("DB_POOL_RECYCLE", "1800")),
+    # Close connections on superseded credentials this long after a rotation.
+    retire_after=float(os.environ["DB_RETIRE_AFTER"])
+    if os.environ.get("DB_RETIRE_AFTER")
+    else None,
     # A connection the server dropped (failover, restart) is replaced before use.
     pool_pre_ping=True,
     connect_args={"connect_timeout": 5, "application_name": "orders"},

@@ -51,13 +51,14 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from psycopg import sql
 
 from examples.fargate_sidecar.init_token import write_token
 from rotating_pool.local import LocalAgent, LocalPostgres, LocalSecretsManager
 from rotating_pool.local._process import free_port, log_tail
+from rotating_pool.retire import poll_interval
 from rotating_pool.rotation import STEPS, BootstrapPlan, Strategy, bootstrap, lambda_handler
 
 if TYPE_CHECKING:
@@ -260,6 +261,56 @@ def _short(answer: bytes) -> str:
     return " ".join(answer.decode("utf-8", "replace").split())[:80]
 
 
+# -- database sessions per user ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SessionSample:
+    """Open sessions of the app's database per user, at `at` seconds since the load started."""
+
+    at: float
+    by_user: dict[str, int]
+
+
+class SessionSampler:
+    """Counts the app's sessions per user in ``pg_stat_activity`` every `every` seconds.
+
+    The rotation's own logins (application_name ``rotating-pool-rotation``) and
+    the sampler's are left out: what remains is the app's pools.
+    """
+
+    def __init__(self, postgres: LocalPostgres, clock: LoadGenerator, every: float = 0.25) -> None:
+        self.postgres = postgres
+        self.clock = clock
+        self.every = every
+        self.samples: list[SessionSample] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="sessions", daemon=True)
+
+    def start(self) -> None:
+        """Start sampling."""
+        self._thread.start()
+
+    def stop(self) -> list[SessionSample]:
+        """Stop and return the samples."""
+        self._stop.set()
+        self._thread.join()
+        return self.samples
+
+    def _run(self) -> None:
+        with self.postgres.admin_connect() as conn:
+            conn.autocommit = True
+            while not self._stop.wait(self.every):
+                rows = conn.execute(
+                    "SELECT usename, count(*) FROM pg_stat_activity"
+                    " WHERE datname = %s AND pid <> pg_backend_pid()"
+                    " AND application_name IS DISTINCT FROM 'rotating-pool-rotation'"
+                    " AND usename IS NOT NULL GROUP BY usename",
+                    [DBNAME],
+                ).fetchall()
+                self.samples.append(SessionSample(self.clock.now(), dict(rows)))
+
+
 # -- the rotation schedule ------------------------------------------------------------
 
 
@@ -444,6 +495,9 @@ def app_environment(
             "PYTHONUNBUFFERED": "1",
         }
     )
+    if args.retire_after is not None:
+        # No recycling: connections live until retirement closes superseded ones.
+        env.update({"DB_POOL_RECYCLE": "-1", "DB_RETIRE_AFTER": str(args.retire_after)})
     return env
 
 
@@ -593,6 +647,7 @@ class Summary:
     workers: int
     passwords_checked: int
     leaked_passwords: int
+    sessions: list[SessionSample] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -658,6 +713,11 @@ def print_summary(summary: Summary, chart: Path) -> None:
         print(f"  error x{count}: {error}")
     for rotation in failed_rotations:
         print(f"  rotation at {rotation.started:.1f} s failed: {rotation.error}")
+    users = sorted({user for sample in summary.sessions for user in sample.by_user})
+    print(
+        f"  database sessions      {len(summary.sessions):8d}  samples of pg_stat_activity "
+        f"(users: {', '.join(users) or 'none'})"
+    )
     print(f"  chart                  {chart}")
     print("=" * 78)
     if summary.ok:
@@ -674,8 +734,10 @@ def write_chart(
     switched_at: float | None,
     seconds: float,
     workers: int,
+    sessions: Sequence[SessionSample] = (),
 ) -> None:
-    """Throughput, errors and latency per second, each rotation shaded and numbered."""
+    """Throughput, errors, latency and database sessions per user over time, each
+    rotation shaded and numbered."""
     import matplotlib  # noqa: PLC0415  (only needed at the end)
 
     matplotlib.use("Agg")
@@ -698,8 +760,8 @@ def write_chart(
         latencies[second].append(sample.latency * 1000)
     xs = [second + 0.5 for second in range(buckets)]
 
-    figure, (top, middle, bottom) = plt.subplots(
-        3, 1, figsize=(11, 7.5), sharex=True, gridspec_kw={"height_ratios": [3, 1.2, 3]}
+    figure, (top, middle, bottom, panel) = plt.subplots(
+        4, 1, figsize=(11, 9.5), sharex=True, gridspec_kw={"height_ratios": [3, 1.2, 3, 2.4]}
     )
     top.plot(xs, ok, color="tab:green", marker=".", label="2xx answers / s")
     top.plot(xs, writes, color="tab:olive", linestyle=":", label="of which writes")
@@ -726,11 +788,12 @@ def write_chart(
     )
     bottom.set_ylabel("latency per second (ms)")
     bottom.set_yscale("log")
-    bottom.set_xlabel("seconds since the load started")
-    bottom.set_xlim(0, buckets)
+    plot_sessions(panel, sessions)
+    panel.set_xlabel("seconds since the load started")
+    panel.set_xlim(0, buckets)
 
     colours = {"alternating": "tab:orange", "single": "tab:cyan"}
-    for axis in (top, middle, bottom):
+    for axis in (top, middle, bottom, panel):
         for rotation in rotations:
             colour = "red" if rotation.error else colours.get(rotation.strategy, "grey")
             axis.axvspan(rotation.started, rotation.finished, color=colour, alpha=0.2, lw=0)
@@ -753,6 +816,7 @@ def write_chart(
     handles = [
         *top.get_legend_handles_labels()[0],
         *bottom.get_legend_handles_labels()[0],
+        *panel.get_legend_handles_labels()[0],
         Patch(
             color=colours["alternating"],
             alpha=0.4,
@@ -779,6 +843,24 @@ def write_chart(
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110)
     plt.close(figure)
+
+
+def plot_sessions(axis: Any, sessions: Sequence[SessionSample]) -> None:
+    """The app's database sessions per user over time, one step line per user."""
+    users = sorted({user for sample in sessions for user in sample.by_user})
+    times = [sample.at for sample in sessions]
+    for user in users:
+        axis.step(
+            times,
+            [sample.by_user.get(user, 0) for sample in sessions],
+            where="post",
+            label=f"sessions of {user}",
+        )
+    axis.set_ylabel("database sessions\n(pg_stat_activity)")
+    peak = max((sum(sample.by_user.values()) for sample in sessions), default=0)
+    axis.set_ylim(0, max(1, peak) * 1.15)
+    if not sessions:
+        axis.text(0.5, 0.5, "not sampled", transform=axis.transAxes, ha="center", va="center")
 
 
 def scan_app_log(log_path: Path, passwords: set[str]) -> tuple[int, int, int, int]:
@@ -829,7 +911,10 @@ def run(args: argparse.Namespace) -> int:
                 token_path.mkdir()
                 write_token(token_path / "token")
                 token = (token_path / "token").read_text().strip()
-                with LocalAgent(client, token=token, port=0) as agent:
+                # With retirement, the agent's cache must not hide a rotation for
+                # longer than the poll interval (the agent's ttl_seconds).
+                ttl = {} if args.retire_after is None else {"ttl": poll_interval(args.retire_after)}
+                with LocalAgent(client, token=token, port=0, **ttl) as agent:
                     print(
                         f"LOCAL STAND-IN for the AWS Secrets Manager Agent at "
                         f"{agent.endpoint_url} (rotating_pool.local.LocalAgent, TTL "
@@ -863,6 +948,7 @@ def run(args: argparse.Namespace) -> int:
             switched_at=switched_at,
             seconds=summary.seconds,
             workers=args.workers,
+            sessions=summary.sessions,
         )
         print_summary(summary, chart)
         keep_logs = args.keep_logs or not summary.ok
@@ -905,7 +991,9 @@ def drive(
         f"then single user from {seconds / 2:.0f} s\n",
         flush=True,
     )
+    sampler = SessionSampler(postgres, load)
     load.start()
+    sampler.start()
     schedule.start()
     seen = 0
     try:
@@ -920,6 +1008,7 @@ def drive(
     finally:
         schedule.stop()
         result = load.stop()
+        sessions = sampler.stop()
     rows = count_rows(postgres)
     summary = Summary(
         seconds=seconds,
@@ -935,6 +1024,7 @@ def drive(
         workers=app.workers,
         passwords_checked=0,
         leaked_passwords=0,
+        sessions=sessions,
     )
     return summary, schedule.switched_at
 
@@ -962,6 +1052,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--threads", type=int, default=8, help="HTTP clients (default 8)")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers (default 2)")
+    parser.add_argument(
+        "--retire-after",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="run the app with retire_after=SECONDS and no pool_recycle (the agent's TTL "
+        "then matches the poll interval): superseded sessions are retired, not recycled",
+    )
     parser.add_argument(
         "--chart",
         default=str(DEFAULT_CHART),

@@ -37,7 +37,13 @@ if TYPE_CHECKING:
 # A login that fails so is reported, not raised: status is a diagnosis.
 _LOGIN_FAILURES = (DatabaseUnavailableError, TLSSetupError, AuthenticationMethodError)
 
-__all__ = ["SecretStatus", "UserStatus", "VersionStatus", "secret_status"]
+__all__ = [
+    "CredentialSessions",
+    "SecretStatus",
+    "UserStatus",
+    "VersionStatus",
+    "secret_status",
+]
 
 # Versions are listed in this order; other labels (custom ones) after them.
 _STAGE_ORDER = {AWSCURRENT: 0, AWSPENDING: 1, AWSPREVIOUS: 2}
@@ -89,6 +95,30 @@ class UserStatus:
 
 
 @dataclass(frozen=True)
+class CredentialSessions:
+    """One user's open sessions, by whether they logged in with AWSCURRENT's credentials.
+
+    A session is on superseded credentials when it is logged in as a user other
+    than AWSCURRENT's, or as AWSCURRENT's user but opened before the AWSCURRENT
+    version was created (its password was set later, at setSecret). Sessions
+    opened between the version's creation and setSecret also used the old
+    password but cannot be told apart: `superseded` is a lower bound.
+
+    Attributes:
+        username: the role name.
+        current: sessions on AWSCURRENT's credentials.
+        superseded: sessions on credentials a rotation replaced.
+        unknown: sessions whose start the querying role may not see (without
+            the admin secret, ``pg_stat_activity`` hides other roles' details).
+    """
+
+    username: str
+    current: int
+    superseded: int
+    unknown: int = 0
+
+
+@dataclass(frozen=True)
 class SecretStatus:
     """The state of a secret and of the users it names.
 
@@ -99,6 +129,10 @@ class SecretStatus:
         problem: why the rotation keys are unusable, if they are.
         versions, users: see `VersionStatus`, `UserStatus`.
         database_error: why the database could not be queried, if it could not.
+        credential_sessions: open sessions per user, current or superseded
+            (see `CredentialSessions`); empty when the database was not queried.
+        current_since: when the AWSCURRENT version was created: sessions of its
+            user opened earlier are on superseded credentials.
     """
 
     secret_id: str
@@ -111,6 +145,8 @@ class SecretStatus:
     versions: tuple[VersionStatus, ...]
     users: tuple[UserStatus, ...]
     database_error: str | None = None
+    credential_sessions: tuple[CredentialSessions, ...] = ()
+    current_since: datetime.datetime | None = None
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (no password in it)."""
@@ -145,6 +181,7 @@ class SecretStatus:
                 }
                 for u in self.users
             ],
+            **_credential_sessions_json(self),
         }
 
     def render(self) -> str:
@@ -188,6 +225,7 @@ class SecretStatus:
                 for u in self.users
             ],
         )
+        lines += _render_credential_sessions(self)
         return "\n".join(lines)
 
 
@@ -290,9 +328,29 @@ def secret_status(
         )
     roles: dict[str, bool] = {}
     sessions: dict[str, int] = {}
+    current_row = next((row for row in rows if AWSCURRENT in row.stages), None)
+    current_since = _created(client, secret_id, current_row) if current_row else None
+    by_credentials: tuple[CredentialSessions, ...] = ()
     if query_conn is not None:
         with query_conn:
             roles, sessions = _roles_and_sessions(query_conn, usernames)
+            master_arn = settings.master_arn if settings else None
+            by_credentials = _credential_sessions(
+                query_conn,
+                None
+                if master_arn is None
+                else lambda: _admin_session(
+                    client,
+                    secret_id,
+                    master_arn,
+                    current,
+                    options=options,
+                    rds=rds or make_rds_client,
+                ),
+                usernames=usernames,
+                current_user=current_row.username if current_row else None,
+                since=current_since,
+            )
     known = query_conn is not None
     users = tuple(
         UserStatus(
@@ -315,6 +373,8 @@ def secret_status(
         versions=tuple(rows),
         users=users,
         database_error=database_error,
+        credential_sessions=by_credentials,
+        current_since=current_since,
     )
 
 
@@ -364,6 +424,106 @@ def _roles_and_sessions(
         )
     }
     return roles, sessions
+
+
+# -- sessions on current and superseded credentials ---------------------------------
+
+
+def _credential_sessions(
+    app_conn: Login,
+    admin_session: Callable[[], tuple[Login | None, str | None]] | None,
+    *,
+    usernames: Sequence[str],
+    current_user: str | None,
+    since: datetime.datetime | None,
+) -> tuple[CredentialSessions, ...]:
+    """`CredentialSessions` per user, queried as the admin (``masterarn``) when
+    there is one: an app user's session sees no other role's ``backend_start``."""
+    if admin_session is not None:
+        admin, _ = admin_session()
+        if admin is not None:
+            with admin:
+                return _sessions_by_credentials(admin, usernames, current_user, since)
+    return _sessions_by_credentials(app_conn, usernames, current_user, since)
+
+
+def _created(
+    client: SecretsManagerClient, secret_id: str, version: VersionStatus
+) -> datetime.datetime | None:
+    """When `version` was created, as GetSecretValue dates it (moto's
+    ListSecretVersionIds answers the time of the call instead)."""
+    try:
+        answer = client.get_secret_value(SecretId=secret_id, VersionId=version.version_id)
+    except Exception:  # keep what the listing said
+        return version.created
+    created = answer.get("CreatedDate")
+    return created if isinstance(created, datetime.datetime) else version.created
+
+
+def _sessions_by_credentials(
+    conn: Login,
+    usernames: Sequence[str],
+    current_user: str | None,
+    since: datetime.datetime | None,
+) -> tuple[CredentialSessions, ...]:
+    """Each user's open sessions, split by `CredentialSessions`'s rule."""
+    # An app user acts as the group role (``ALTER ROLE ... SET role``), which
+    # may not see its own sessions' details; as itself it may.
+    conn.execute("SET ROLE NONE")
+    counts = {
+        name: (int(fresh), int(hidden), int(total))
+        for name, fresh, hidden, total in conn.execute(
+            "SELECT usename,"
+            " count(*) FILTER (WHERE usename = %s AND (%s::timestamptz IS NULL"
+            " OR backend_start >= %s::timestamptz)),"
+            " count(*) FILTER (WHERE usename = %s AND backend_start IS NULL),"
+            " count(*)"
+            " FROM pg_catalog.pg_stat_activity"
+            " WHERE usename = ANY(%s) AND pid <> pg_backend_pid()"
+            " AND application_name IS DISTINCT FROM %s GROUP BY usename",
+            [current_user, since, since, current_user, list(usernames), APPLICATION_NAME],
+        )
+    }
+    return tuple(
+        CredentialSessions(name, fresh, total - fresh - hidden, hidden)
+        for name in usernames
+        for fresh, hidden, total in [counts.get(name, (0, 0, 0))]
+    )
+
+
+def _credential_sessions_json(status: SecretStatus) -> dict[str, Any]:
+    return {
+        "current_since": status.current_since.isoformat() if status.current_since else None,
+        "sessions_by_credentials": [
+            {
+                "username": s.username,
+                "current": s.current,
+                "superseded": s.superseded,
+                "unknown": s.unknown,
+            }
+            for s in status.credential_sessions
+        ],
+    }
+
+
+def _render_credential_sessions(status: SecretStatus) -> list[str]:
+    if not status.credential_sessions:
+        return []
+    since = (
+        status.current_since.strftime("%Y-%m-%d %H:%M:%S") if status.current_since else "unknown"
+    )
+    return [
+        "",
+        f"SESSIONS BY CREDENTIALS (superseded: another user than AWSCURRENT's, "
+        f"or opened before {since})",
+        *_table(
+            ["USER", "CURRENT", "SUPERSEDED", "UNKNOWN"],
+            [
+                [_name(s.username), str(s.current), str(s.superseded), str(s.unknown)]
+                for s in status.credential_sessions
+            ],
+        ),
+    ]
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
