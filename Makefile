@@ -6,7 +6,7 @@ VENV := .venv
 VENV_STAMP := $(VENV)/.installed
 PG_BIN := /usr/lib/postgresql/15/bin
 PYTEST_ARGS ?=
-LINT_PATHS := $(wildcard rotating_pool tests examples benchmarks deploy)
+LINT_PATHS := $(wildcard rotating_pool tests examples benchmarks deploy .ci/matrix.py)
 # The rotation Lambda's runtime and architecture (deploy/rotation.yaml names the same).
 LAMBDA_PYTHON ?= 3.12
 LAMBDA_ARCH ?= x86_64
@@ -53,8 +53,8 @@ dist: venv
 	$(VENV)/bin/twine check --strict dist/rotating_pool-*.whl dist/rotating_pool-*.tar.gz
 
 # Every Python the package declares, in fresh venvs; the lowest at the dependency floors.
-matrix: postgres
-	.ci/matrix
+matrix: venv postgres
+	$(VENV)/bin/python .ci/matrix.py
 
 # The README's main command: the Fargate task (app + agent sidecar) played locally.
 demo: venv postgres
