@@ -7,9 +7,12 @@ VENV_STAMP := $(VENV)/.installed
 PG_BIN := /usr/lib/postgresql/15/bin
 PGBOUNCER := /usr/sbin/pgbouncer
 PYTEST_ARGS ?=
-LINT_PATHS := $(wildcard rotating_pool tests examples benchmarks)
+LINT_PATHS := $(wildcard rotating_pool tests examples benchmarks deploy .ci/matrix.py)
+# The rotation Lambda's runtime and architecture (deploy/rotation.yaml names the same).
+LAMBDA_PYTHON ?= 3.12
+LAMBDA_ARCH ?= x86_64
 
-.PHONY: venv postgres pgbouncer test lint demo demo-threads bench bench-quick bench-fleet-sim
+.PHONY: venv postgres pgbouncer test lint lint-templates lambda-zip dist matrix demo demo-threads bench bench-quick bench-fleet-sim
 
 venv: $(VENV_STAMP)
 
@@ -42,9 +45,27 @@ pgbouncer:
 test: venv postgres pgbouncer
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
-lint: venv
+lint: venv lint-templates
 	$(VENV)/bin/ruff check $(LINT_PATHS)
 	$(VENV)/bin/mypy
+
+# CloudFormation templates against CloudFormation's schemas (SAM ones too).
+lint-templates: venv
+	$(VENV)/bin/cfn-lint deploy/*.yaml
+
+# The rotation function's zip: dist/lambda/rotation-py$(LAMBDA_PYTHON)-$(LAMBDA_ARCH).zip.
+lambda-zip: venv
+	$(VENV)/bin/python deploy/build_lambda_zip.py --python $(LAMBDA_PYTHON) --arch $(LAMBDA_ARCH)
+
+# The release files: wheel and sdist in dist/, checked by twine.
+dist: venv
+	rm -f dist/rotating_pool-*.whl dist/rotating_pool-*.tar.gz
+	$(VENV)/bin/python -m build --outdir dist .
+	$(VENV)/bin/twine check --strict dist/rotating_pool-*.whl dist/rotating_pool-*.tar.gz
+
+# Every Python the package declares, in fresh venvs; the lowest at the dependency floors.
+matrix: venv postgres
+	$(VENV)/bin/python .ci/matrix.py
 
 # The README's main command: the Fargate task (app + agent sidecar) played locally.
 demo: venv postgres

@@ -1,0 +1,1 @@
+"""Deployment: the rotation Lambda's zip builder and the CloudFormation templates."""

@@ -1,0 +1,79 @@
+"""The README's Deploy section, run as a reader would run it, against the local bed.
+
+Every ```sh block of the section runs in a shell from the repository's root,
+with the project's venv on PATH and Secrets Manager's endpoint pointed at a
+local moto, except the blocks that say they are not run here: those may only
+hold `sam deploy` / `aws cloudformation deploy` commands.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from deploy.build_lambda_zip import DEFAULT_PYTHON
+from rotating_pool.local import LocalPostgres, LocalSecretsManager
+
+ROOT = Path(__file__).resolve().parents[1]
+NOT_RUN = "# not run here"
+
+
+def deploy_section() -> str:
+    text = (ROOT / "README.md").read_text()
+    section = text.split("\n## Deploy\n", 1)[1]
+    return section.split("\n## ", 1)[0]
+
+
+def shell_blocks() -> list[str]:
+    return re.findall(r"```sh\n(.*?)```", deploy_section(), re.S)
+
+
+def commands(block: str) -> list[str]:
+    """The block's commands: continuation lines joined, comments left out."""
+    joined = block.replace("\\\n", " ")
+    return [ln.strip() for ln in joined.splitlines() if ln.strip() and not ln.startswith("#")]
+
+
+@pytest.fixture(scope="module")
+def bed() -> Iterator[dict[str, str]]:
+    """A server and a Secrets Manager of their own (the section's names are fixed),
+    with the admin secret the section names; returns the environment to run in."""
+    with LocalPostgres() as server, LocalSecretsManager() as sm:
+        sm.client().create_secret(Name="db-admin", SecretString=json.dumps(server.admin_document()))
+        env = {**os.environ, **sm.env()}
+        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+        yield env
+
+
+def test_only_the_deploy_commands_are_left_out():
+    skipped = [b for b in shell_blocks() if b.startswith(NOT_RUN)]
+    assert skipped, "the section has no deploy commands"
+    for block in skipped:
+        for command in commands(block):
+            assert command.startswith(("sam deploy ", "aws cloudformation deploy ")), command
+    assert len(shell_blocks()) > len(skipped)
+
+
+def test_every_other_command_runs(bed: dict[str, str]):
+    ran = []
+    for block in shell_blocks():
+        if block.startswith(NOT_RUN):
+            continue
+        run = subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=ROOT, env=bed,
+                             capture_output=True, text=True, check=False, timeout=900)
+        assert run.returncode == 0, f"{block}\n{run.stdout[-2000:]}\n{run.stderr[-3000:]}"
+        ran.append(run.stdout)
+    output = "\n".join(ran)
+
+    # What the commands were for: the secret, the zip the template names, the status.
+    assert "app secret 'app/db': created" in output
+    assert (ROOT / "dist" / "lambda" / f"rotation-py{DEFAULT_PYTHON}-x86_64.zip").is_file()
+    assert "strategy  alternating" in output
+    assert re.search(r"^app_a\s+yes\s+yes", output, re.M)
