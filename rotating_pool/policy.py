@@ -215,6 +215,12 @@ class RetryBudget:
     ``pool_timeout`` and gunicorn's worker timeout (both 30 s), so a recovery
     that cannot succeed fails a request instead of getting a worker killed.
 
+    The defaults come from the fleet simulator (``python -m
+    benchmarks.fleet_sim --recommend``): 10,000 tasks of 4 processes refused
+    in the same half second of a single-user rotation fail no request under
+    either reading of Secrets Manager's quotas, and the waits (up to 19.75 s)
+    let the deadline, not the round count, end a recovery that cannot succeed.
+
     Attributes:
         rounds: refetch-and-login rounds after the first refusal (>= 1).
         base_delay: the delay before the first retry with unchanged
@@ -223,8 +229,8 @@ class RetryBudget:
         deadline: seconds one connection's login may take in all (>= 2).
     """
 
-    rounds: int = 8
-    base_delay: float = 0.1
+    rounds: int = 12
+    base_delay: float = 0.25
     max_delay: float = 2.0
     deadline: float = 20.0
 
