@@ -189,7 +189,7 @@ def attach(
         refresh_interval: seconds between background refreshes (default one
             hour; see `DEFAULT_REFRESH_INTERVAL`).
         retry: the budget of one connection's login (default `RetryBudget()`:
-            8 rounds after a refusal, at most 20 s in all, Secrets Manager
+            12 rounds after a refusal, at most 20 s in all, Secrets Manager
             calls and waits included).
         use_pending: try AWSPENDING when a login is refused and AWSCURRENT has
             not moved (single-user rotation between setSecret and finishSecret).
