@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import threading
 import time
 
@@ -14,6 +15,7 @@ from psycopg import OperationalError
 from sqlalchemy import text
 
 import rotating_pool
+import rotating_pool.engine as engine_module
 from rotating_pool import (
     AlreadyAttachedError,
     ConfigurationError,
@@ -466,3 +468,23 @@ def test_pg8000_statements_are_not_bounded_by_the_login_time_out(make_secret):
     rotating_pool.credential_store(engine).current()  # the first read, outside the deadline
     with engine.connect() as conn:  # the login had 2 s; the socket keeps no time-out after it
         assert conn.execute(text("SELECT pg_sleep(3), 1")).one()[1] == 1
+
+
+def test_a_child_forked_while_the_store_registry_was_locked_can_make_engines(make_secret):
+    arn = make_secret()
+    reader, writer = os.pipe()
+    engine_module._stores_lock.acquire()  # as if another thread were making an engine
+    pid = os.fork()
+    if pid != 0:
+        engine_module._stores_lock.release()
+    else:  # the child's copy of the lock is held, by a thread it does not have
+        try:
+            signal.alarm(10)  # a deadlock ends the child, and the test with it
+            engine = rotating_pool.create_engine(URL, secret_id=arn)
+            os.write(writer, b"ok" if who(engine)[0] else b"no")
+        finally:
+            os._exit(0)
+    os.close(writer)
+    _, status = os.waitpid(pid, 0)
+    assert os.read(reader, 2) == b"ok"
+    assert os.waitstatus_to_exitcode(status) == 0
