@@ -368,8 +368,8 @@ def _mean(values: Iterable[float]) -> float:
 # -- recommending a retry budget -------------------------------------------------------
 
 CANDIDATES = (
-    RetryBudget(),
-    RetryBudget(rounds=16),
+    RetryBudget(rounds=8, base_delay=0.1, max_delay=2.0),  # the defaults before this ran
+    RetryBudget(rounds=16, base_delay=0.1, max_delay=2.0),
     RetryBudget(rounds=12, base_delay=0.25, max_delay=2.0),
     RetryBudget(rounds=16, base_delay=0.25, max_delay=1.0),
     RetryBudget(rounds=12, base_delay=0.5, max_delay=4.0, deadline=25.0),
