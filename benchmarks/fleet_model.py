@@ -42,7 +42,7 @@ from benchmarks.fleet_services import (
     Version,
 )
 from rotating_pool.errors import LoginRejectedError, SecretsManagerUnavailableError
-from rotating_pool.policy import Connect, Refetch, RetryBudget, Wait, login_plan
+from rotating_pool.policy import Connect, Recheck, Refetch, RetryBudget, Wait, login_plan
 from rotating_pool.reads import Labels, Read, recovery_reads, steady_read
 from rotating_pool.secret import AWSCURRENT, AWSPENDING, Credentials
 from rotating_pool.sources import VersionMemo
@@ -498,6 +498,9 @@ class World:
                 login(action.credentials)
             elif isinstance(action, Refetch):
                 process.refetch(action, send)
+            elif isinstance(action, Recheck):
+                current = process.current
+                send(current if current != action.rejected else None)
             else:
                 assert isinstance(action, Wait)  # the process has loaded: no Load
                 loop.after(action.seconds, lambda: send(None))

@@ -26,6 +26,7 @@ from rotating_pool.errors import AlreadyAttachedError, ConfigurationError, Login
 from rotating_pool.policy import (
     Connect,
     Load,
+    Recheck,
     Refetch,
     RetryBudget,
     Wait,
@@ -489,6 +490,8 @@ def connect_with_recovery(
             answer = waits.answer(store, flight, action.timeout)
         elif isinstance(action, Load):
             answer = waits.answer(store, store.join_load(), action.timeout)
+        elif isinstance(action, Recheck):
+            answer = store.held_instead_of(action.rejected)
         else:
             assert isinstance(action, Wait)
             waits.sleep(action.seconds)

@@ -33,6 +33,7 @@ __all__ = [
     "Connect",
     "Failure",
     "Load",
+    "Recheck",
     "Refetch",
     "RetryBudget",
     "Wait",
@@ -297,13 +298,22 @@ class Refetch:
 
 
 @dataclass(frozen=True)
+class Recheck:
+    """What the process logs in with now, if not `rejected`: another caller may
+    have recovered while this one waited. No Secrets Manager call. Answer: the
+    `Credentials`, or None."""
+
+    rejected: Credentials
+
+
+@dataclass(frozen=True)
 class Wait:
     """Sleep this many seconds (the async shell uses the loop's sleep)."""
 
     seconds: float
 
 
-Action = Load | Connect | Refetch | Wait
+Action = Load | Connect | Refetch | Recheck | Wait
 Answer = BaseException | Credentials | None
 
 
@@ -360,7 +370,8 @@ def login_plan(
     3. Refused: refetch. The store offers AWSCURRENT when it moved, else
        AWSPENDING (a single-user rotation between setSecret and finishSecret).
        New credentials are tried at once; when there is nothing new (or the
-       read failed), wait the next delay and log in again with the same ones.
+       read failed), wait the next delay and log in again with the same ones,
+       or with what another caller of the process recovered meanwhile.
     4. When the rounds or the deadline are spent, raise `LoginRejectedError`
        chained to the driver's last error, saying how long it took.
     """
@@ -407,6 +418,9 @@ def login_plan(
             if not timer.affords_wait(delay):
                 break
             yield Wait(delay)
+            newer = yield Recheck(credentials)
+            if isinstance(newer, Credentials):
+                credentials = newer
         login_timeout = timer.login_timeout() or 0
         if not login_timeout:
             break

@@ -223,6 +223,11 @@ class CredentialStore:
             self._start_refresh(credentials)
         return credentials
 
+    def held_instead_of(self, rejected: Credentials) -> Credentials | None:
+        """The credentials in use, if they are not `rejected`; None otherwise. Never waits."""
+        credentials = self._current
+        return credentials if credentials is not None and credentials != rejected else None
+
     def current(self, timeout: float = 30.0) -> Credentials:
         """The credentials to log in with, reading the secret if need be.
 

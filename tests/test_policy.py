@@ -21,6 +21,7 @@ from rotating_pool.policy import (
     Connect,
     Failure,
     Load,
+    Recheck,
     Refetch,
     Wait,
     classify_login_error,
@@ -200,8 +201,21 @@ def test_nothing_new_waits_and_logs_in_again_with_the_same_credentials():
     assert isinstance(steps.send(REFUSED), Refetch)
     wait = steps.send(None)
     assert isinstance(wait, Wait) and 0.05 <= wait.seconds <= 0.1
+    assert steps.send(None) == Recheck(OLD)
     assert steps.send(None) == Connect(OLD, 20)
     assert isinstance(steps.send(REFUSED), Refetch)  # the next round refetches (reuse window)
+
+
+def test_after_a_wait_what_another_caller_recovered_meanwhile_is_used():
+    # The last round must not log in with credentials the process has replaced.
+    steps = plan(RetryBudget(rounds=1, base_delay=0.1, max_delay=0.1))
+    next(steps)
+    steps.send(REFUSED)
+    assert isinstance(steps.send(None), Wait)  # nothing new yet
+    assert steps.send(None) == Recheck(OLD)
+    assert steps.send(NEW) == Connect(NEW, 20)  # another thread recovered with NEW
+    with pytest.raises(StopIteration):
+        steps.send(None)
 
 
 def test_delays_grow_capped_and_jittered_then_the_plan_gives_up():
@@ -216,6 +230,7 @@ def test_delays_grow_capped_and_jittered_then_the_plan_gives_up():
             action = steps.send(None)
             assert isinstance(action, Wait)
             waits.append(action.seconds)
+            assert steps.send(None) == Recheck(OLD)
             assert steps.send(None) == Connect(OLD, 20)
             action = steps.send(REFUSED)
     ceilings = [0.1, 0.2, 0.3, 0.3, 0.3]
@@ -235,9 +250,11 @@ def test_fetch_errors_are_retried_within_the_budget_and_named_when_giving_up():
     next(steps)
     steps.send(REFUSED)
     assert isinstance(steps.send(THROTTLED), Wait)
+    assert steps.send(None) == Recheck(OLD)
     assert steps.send(None) == Connect(OLD, 20)
     assert isinstance(steps.send(REFUSED), Refetch)
     assert isinstance(steps.send(THROTTLED), Wait)
+    assert steps.send(None) == Recheck(OLD)
     assert steps.send(None) == Connect(OLD, 20)
     with pytest.raises(LoginRejectedError, match="ThrottlingException"):
         steps.send(REFUSED)
