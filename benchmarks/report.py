@@ -176,7 +176,7 @@ def _fleet(r: dict[str, Any]) -> Rows:
             ),
         )
     yield (
-        "throttle's pace for 2 calls a process",
+        "throttle's pace for 1 GetSecretValue a process",
         (
             f"the last answered {r['quota_floor_s']:.1f} s after the first (bucket "
             f"{r['throttle_per_second']:.0f}/s, burst {r['throttle_per_second']:.0f})"
