@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ import pytest
 from rotating_pool.local import (
     AppSchema,
     CertificateAuthority,
+    FaultProxy,
     HostileServer,
     LocalPostgres,
     LocalSecretsManager,
@@ -424,6 +426,123 @@ def test_a_step_fails_within_the_lambdas_time_when_the_database_does_not_answer(
         elapsed = time.monotonic() - started
         assert elapsed < seconds
         assert (silent.connections > 0) == (seconds > 3)
+
+
+@pytest.fixture
+def lambda_via_proxy(
+    lambda_env: None, proxy: FaultProxy, monkeypatch: pytest.MonkeyPatch
+) -> FaultProxy:
+    """The Lambda's Secrets Manager calls go through the fault proxy."""
+    monkeypatch.setenv("SECRETS_MANAGER_ENDPOINT", proxy.endpoint_url)
+    return proxy
+
+
+def start_rotation(sm_client: Any, app: App) -> str:
+    """RotateSecret's token, after the Lambda's createSecret."""
+    token = sm_client.rotate_secret(SecretId=app.secret_id, RotationLambdaARN=LOCAL_LAMBDA_ARN)[
+        "VersionId"
+    ]
+    invoke(app.secret_id, token, "createSecret")
+    return str(token)
+
+
+def test_a_step_fails_within_the_lambdas_time_when_secrets_manager_does_not_answer(
+    sm_client: Any, tls_postgres: LocalPostgres, lambda_via_proxy: FaultProxy
+) -> None:
+    """The client's own limits (5 s to connect, 10 s to read, 3 attempts) would
+    let one hung call outlast a 3 s invocation: the step stops in time instead."""
+    app = make_app(sm_client, tls_postgres, "single")
+    token = start_rotation(sm_client, app)
+    lambda_via_proxy.hang()
+    started = time.monotonic()
+    with pytest.raises(StepDeadlineError, match="Secrets Manager DescribeSecret did not answer"):
+        invoke(app.secret_id, token, "setSecret", LambdaContext(3))
+    assert time.monotonic() - started < 3
+
+
+def finish_held(sm_client: Any, server: LocalPostgres, proxy: FaultProxy) -> tuple[App, str]:
+    """A rotation whose finishSecret ran out of time (3 s) on its held
+    UpdateSecretVersionStage; the call is still held at the proxy."""
+    app = make_app(sm_client, server, "alternating")
+    token = start_rotation(sm_client, app)
+    for step in ("setSecret", "testSecret"):
+        invoke(app.secret_id, token, step)
+    proxy.hold("UpdateSecretVersionStage")
+    started = time.monotonic()
+    with pytest.raises(StepDeadlineError, match="UpdateSecretVersionStage did not answer"):
+        invoke(app.secret_id, token, "finishSecret", LambdaContext(3))
+    assert time.monotonic() - started < 3
+    return app, token
+
+
+def assert_finished(sm_client: Any, app: App, token: str) -> None:
+    stages = {
+        v["VersionId"]: set(v.get("VersionStages", []))
+        for v in sm_client.list_secret_version_ids(SecretId=app.secret_id)["Versions"]
+    }
+    assert stages[token] == {"AWSCURRENT"}
+    assert sum("AWSPREVIOUS" in s for s in stages.values()) == 1
+    assert not any("AWSPENDING" in s for s in stages.values())
+
+
+def test_a_step_call_that_lands_after_its_deadline_is_finished_by_the_retry(
+    sm_client: Any, tls_postgres: LocalPostgres, lambda_via_proxy: FaultProxy
+) -> None:
+    """The late call moves AWSCURRENT; Secrets Manager's retry takes AWSPENDING off."""
+    app, token = finish_held(sm_client, tls_postgres, lambda_via_proxy)
+    late = [t for t in threading.enumerate() if t.name == "rotating-pool-step-call"]
+    lambda_via_proxy.release()
+    for thread in late:
+        thread.join(10)
+    assert sm_client.get_secret_value(SecretId=app.secret_id)["VersionId"] == token
+    invoke(app.secret_id, token, "finishSecret", LambdaContext(30))
+    assert_finished(sm_client, app, token)
+
+
+def test_a_retry_racing_the_late_call_of_a_step_finishes_the_rotation(
+    sm_client: Any, tls_postgres: LocalPostgres, lambda_via_proxy: FaultProxy
+) -> None:
+    """Both moves reach Secrets Manager together; whichever lands second fails,
+    and the retry still finishes."""
+    app, token = finish_held(sm_client, tls_postgres, lambda_via_proxy)
+    errors: list[BaseException] = []
+
+    def retry() -> None:
+        try:
+            invoke(app.secret_id, token, "finishSecret", LambdaContext(30))
+        except BaseException as error:
+            errors.append(error)
+
+    retrying = threading.Thread(target=retry)
+    retrying.start()
+    assert lambda_via_proxy.wait_held(2, timeout=10)
+    lambda_via_proxy.release()
+    retrying.join(30)
+    assert not retrying.is_alive() and not errors
+    assert_finished(sm_client, app, token)
+
+
+def test_a_step_fails_within_its_time_when_the_rds_api_does_not_answer(
+    sm_client: Any, secretsmanager: LocalSecretsManager, tls_postgres: LocalPostgres
+) -> None:
+    """The admin server lookup of an RDS-managed master secret (DescribeDBInstances)."""
+    instance_arn = "arn:aws:rds:us-east-1:123456789012:db:hung"
+    app = make_app(
+        sm_client,
+        tls_postgres,
+        admin={"host": None, "port": None},
+        admin_tags=[{"Key": "aws:rds:primaryDBInstanceArn", "Value": instance_arn}],
+    )
+    with HostileServer("silent") as silent:
+        rds = secretsmanager.rds_client(f"http://{silent.host}:{silent.port}")
+        rotator = Rotator(sm_client, security=tls_security(tls_postgres), rds_client=rds)
+        started = time.monotonic()
+        with pytest.raises(StepDeadlineError, match="RDS DescribeDBInstances did not answer"):
+            rotator.run_step(
+                app.secret_id, str(uuid.uuid4()), "createSecret", check_enabled=False, time_left=3
+            )
+        assert time.monotonic() - started < 3
+        assert silent.connections == 1
 
 
 # -- settings from AWSCURRENT, takeovers, hints ----------------------------------------

@@ -108,11 +108,11 @@ class LocalSecretsManager(LocalService):
             config=config,
         )
 
-    def rds_client(self) -> RDSClient:
-        """Make a boto3 `rds` client for this server (moto's RDS API)."""
+    def rds_client(self, endpoint_url: str | None = None) -> RDSClient:
+        """Make a boto3 `rds` client for this server (moto's RDS API), or for `endpoint_url`."""
         return boto3.session.Session().client(
             "rds",
-            endpoint_url=self.endpoint_url,
+            endpoint_url=endpoint_url or self.endpoint_url,
             region_name=REGION,
             aws_access_key_id=DUMMY_KEY,
             aws_secret_access_key=DUMMY_KEY,

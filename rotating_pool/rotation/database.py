@@ -15,13 +15,12 @@ within a `Deadline` (the Lambda's remaining time).
 from __future__ import annotations
 
 import logging
-import math
-import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
 
+from rotating_pool.rotation.deadline import Deadline
 from rotating_pool.rotation.errors import (
     AuthenticationMethodError,
     DatabaseLoginError,
@@ -61,51 +60,6 @@ _TLS_MARKERS = (
 )
 # libpq's words when require_auth refused what the server asked for.
 _AUTH_METHOD_MARKER = "authentication method requirement"
-# psycopg's connect_timeout is in whole seconds and never less than 2.
-_MIN_CONNECT_TIMEOUT = 2
-# Time kept back from a deadline for the step to report its failure.
-_DEADLINE_RESERVE = 0.5
-
-
-@dataclass(frozen=True)
-class Deadline:
-    """When the step must be over (``time.monotonic()`` seconds), if ever.
-
-    >>> Deadline.after(None).seconds_left() is None
-    True
-    """
-
-    at: float | None = None
-
-    @classmethod
-    def after(cls, seconds: float | None) -> Deadline:
-        """A deadline `seconds` from now (None: no deadline)."""
-        return cls(None if seconds is None else time.monotonic() + seconds)
-
-    def seconds_left(self) -> float | None:
-        """Seconds until the deadline, None without one."""
-        return None if self.at is None else self.at - time.monotonic()
-
-    def login_timeout(self, configured: float, *, what: str) -> tuple[int, bool]:
-        """The connect timeout for a login now: the configured one, shrunk to the
-        time left. Returns (seconds, whether it was shrunk).
-
-        Raises:
-            StepDeadlineError: too little time is left for a login.
-        """
-        wanted = max(_MIN_CONNECT_TIMEOUT, math.ceil(configured))
-        left = self.seconds_left()
-        if left is None:
-            return wanted, False
-        whole = math.floor(left - _DEADLINE_RESERVE)
-        if whole < _MIN_CONNECT_TIMEOUT:
-            raise StepDeadlineError(
-                f"{what}: only {max(left, 0):.1f} s of the invocation's time are left, too little "
-                f"for a login (at least {_MIN_CONNECT_TIMEOUT} s); the step stops here and Secrets "
-                "Manager retries the rotation: give the Lambda a longer timeout, or a shorter "
-                "CONNECT_TIMEOUT"
-            )
-        return min(wanted, whole), whole < wanted
 
 
 @dataclass(frozen=True)
@@ -120,7 +74,7 @@ class LoginOptions:
 
     security: SecuritySettings
     connect_timeout: float = 5.0
-    deadline: Deadline = Deadline()
+    deadline: Deadline = field(default_factory=Deadline)
 
 
 def try_login(

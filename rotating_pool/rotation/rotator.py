@@ -28,7 +28,8 @@ import botocore.config
 import botocore.exceptions
 from psycopg import sql
 
-from rotating_pool.rotation.database import Deadline, LoginOptions
+from rotating_pool.rotation.database import LoginOptions
+from rotating_pool.rotation.deadline import Deadline
 from rotating_pool.rotation.errors import (
     RoleSetupError,
     RotationConfigError,
@@ -217,12 +218,15 @@ class Rotator:
                 without a Lambda nothing enables rotation or stages the empty
                 AWSPENDING version, so createSecret creates it.
             time_left: seconds the step may take (a Lambda's remaining time):
-                login timeouts shrink to fit, and a login that cannot fit fails
-                with StepDeadlineError. None: no limit beyond the timeouts.
+                login timeouts shrink to fit, a login that cannot fit and a
+                Secrets Manager or RDS call that has not answered half a second
+                before the end fail with StepDeadlineError. None: no limit
+                beyond the timeouts.
 
         Raises:
             RotationConfigError: unknown step, or the secret's rotation keys are wrong.
             RotationStateError: the token fails the label checks.
+            StepDeadlineError: the step could not finish within `time_left`.
             DatabaseLoginError, DatabaseUnavailableError, PasswordChangeError,
             RoleSetupError: the database side failed.
             rotating_pool.errors.SecretError: a version is missing or malformed.
@@ -233,7 +237,11 @@ class Rotator:
                 secret_id=secret_id,
                 key="Step",
             )
-        versions = SecretVersions(self.client, secret_id)
+        # Every login and every Secrets Manager or RDS call of the step ends by
+        # this deadline (rotating_pool.rotation.deadline).
+        deadline = Deadline.after(time_left)
+        client = deadline.bound(self.client)
+        versions = SecretVersions(client, secret_id)
         description = versions.describe()
         if not self._token_needs_step(versions, description, token, step, check_enabled):
             logger.info(
@@ -247,9 +255,9 @@ class Rotator:
             secret_id=secret_id,
             token=token,
             versions=versions,
-            client=self.client,
-            options=LoginOptions(self.security, self.connect_timeout, Deadline.after(time_left)),
-            rds=lambda: self.rds,
+            client=client,
+            options=LoginOptions(self.security, self.connect_timeout, deadline),
+            rds=lambda: deadline.bound(self.rds),
         )
         started = time.perf_counter()
         if step == "createSecret":
@@ -344,7 +352,8 @@ class Rotator:
         step: str,
         check_enabled: bool,
     ) -> bool:
-        """AWS's checks; False when the token is already AWSCURRENT."""
+        """AWS's checks; False when the token is already AWSCURRENT (and, for
+        finishSecret, no longer AWSPENDING)."""
         secret_id = versions.secret_id
         if check_enabled and description.rotation_enabled is False:
             raise RotationNotEnabledError(
@@ -365,7 +374,9 @@ class Rotator:
                 secret_id=secret_id,
             )
         if AWSCURRENT in stages:
-            return False
+            # Done, unless a finishSecret moved AWSCURRENT and stopped before it
+            # took AWSPENDING off: its retry finishes that.
+            return step == "finishSecret" and AWSPENDING in stages
         if AWSPENDING not in stages:
             if not stages:
                 raise _taken_over(secret_id, token, description, step)
@@ -445,11 +456,27 @@ class Rotator:
         return ctx.versions.read_required(AWSPENDING, ctx.token)
 
     def _finish_secret(self, ctx: StepContext, description: SecretDescription) -> StepOutcome:
-        current_version = description.version_with(AWSCURRENT)
-        if current_version == ctx.token:
-            return StepOutcome.ALREADY_DONE
-        # Secrets Manager puts AWSPREVIOUS on the version that loses AWSCURRENT.
-        ctx.versions.move_stage(AWSCURRENT, ctx.token, current_version)
+        outcome = StepOutcome.ALREADY_DONE
+        stages = description.stages.get(ctx.token, ())
+        if AWSCURRENT not in stages:
+            # Secrets Manager puts AWSPREVIOUS on the version that loses AWSCURRENT.
+            try:
+                ctx.versions.move_stage(AWSCURRENT, ctx.token, description.version_with(AWSCURRENT))
+            except botocore.exceptions.ClientError:
+                # The same move, made by an earlier run of this step that gave up
+                # waiting for it (its deadline) and landed since, fails this one.
+                stages = ctx.versions.describe().stages.get(ctx.token, ())
+                if AWSCURRENT not in stages:
+                    raise
+                logger.info(
+                    "secret %r: finishSecret: version %s became AWSCURRENT meanwhile (an "
+                    "earlier run's call)",
+                    ctx.secret_id,
+                    ctx.token,
+                )
+            outcome = StepOutcome.PERFORMED
+        if AWSPENDING not in stages:
+            return outcome
         # AWS takes both AWSPENDING on the new AWSCURRENT and AWSPENDING on no
         # version for a finished rotation. None is safer: once another value is
         # put, a label left here would sit on a non-current version, which
