@@ -20,6 +20,14 @@ per agent per TTL:
   rotated password must not be answered from the agent's cache for up to five
   minutes.
 
+The agent does not coalesce requests that miss its cache at the same moment:
+each makes its own Secrets Manager read. So the worker processes of one task
+(gunicorn, uvicorn workers) take turns: a file lock in the temporary directory
+(`fcntl.flock`, one file per agent and secret) is held across a first read and
+across a refused login's reads. The first worker's reads fill the agent's
+cache; the next one finds the fresh value there and costs Secrets Manager
+nothing.
+
 >>> source = AgentSource("prod/app/db")  # nothing is read, not even the token
 >>> engine = rotating_pool.create_engine(  # doctest: +SKIP
 ...     "postgresql+psycopg://", secret_id="prod/app/db", source="agent")
@@ -27,15 +35,24 @@ per agent per TTL:
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import http.client
 import json
 import logging
 import os
+import tempfile
 import threading
+import time
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
+
+try:
+    import fcntl
+except ImportError:  # not on Windows: reads there are not coordinated across processes
+    fcntl = None  # type: ignore[assignment]
 
 from rotating_pool.errors import (
     ConfigurationError,
@@ -76,6 +93,10 @@ _MAX_ANSWER_BYTES = 1 << 20
 _MAX_DETAIL_CHARS = 200
 
 _NOT_FOUND = "ResourceNotFoundException"
+# How long a worker waits for another's turn (a multiple of the agent timeout:
+# a refused login asks the agent up to four times), and how often it looks.
+_TURN_WAITS = 5
+_TURN_POLL = (0.002, 0.02)
 
 
 class _Token(NamedTuple):
@@ -106,6 +127,11 @@ class AgentSource:
             when the agent refuses it, since a restarted sidecar may have
             written a new one.
         timeout: seconds allowed for connecting to the agent and for its answer.
+        lock_dir: where the processes behind one agent take turns (a lock file
+            per agent and secret, see the module docstring): True (default) the
+            temporary directory, a path another directory the processes share,
+            False not at all. A worker waits for another's turn at most five
+            times `timeout`, then reads anyway.
 
     Raises:
         ConfigurationError: an argument (or ``$ROTATING_POOL_AGENT_ENDPOINT``) is invalid.
@@ -121,6 +147,7 @@ class AgentSource:
         endpoint: str | None = None,
         token: str | None = None,
         timeout: float = 2.0,
+        lock_dir: bool | str | os.PathLike[str] = True,
     ) -> None:
         if not isinstance(secret_id, str) or not secret_id.strip():
             raise ConfigurationError(
@@ -132,10 +159,15 @@ class AgentSource:
             raise ConfigurationError(
                 f"timeout must be a positive number of seconds, not {timeout!r}"
             )
+        if not isinstance(lock_dir, bool | str | os.PathLike):
+            raise ConfigurationError(
+                f"lock_dir must be True, False or a directory, not {type(lock_dir).__name__}"
+            )
         if endpoint is None:
             endpoint = os.environ.get(ENDPOINT_ENV) or DEFAULT_ENDPOINT
         self._secret_id = secret_id
         self._endpoint = endpoint.rstrip("/")
+        self._lock_path = _lock_path(lock_dir, self._endpoint, secret_id)
         self._host, self._port = _parse_endpoint(self._endpoint)
         self._given_token = token
         self._timeout = float(timeout)
@@ -174,7 +206,8 @@ class AgentSource:
     def load(self) -> Credentials:
         """The first read: through the agent's cache, which a whole fleet of
         processes behind one agent shares; see `SecretSource.load`."""
-        credentials = self.fetch(AWSCURRENT, refresh=False)
+        with self._turn():
+            credentials = self.fetch(AWSCURRENT, refresh=False)
         assert credentials is not None  # only a stage other than AWSCURRENT may be missing
         return credentials
 
@@ -197,26 +230,61 @@ class AgentSource:
         agent keeps for every process behind it: AWSPENDING first, since a
         refusal comes from setSecret on, while AWSPENDING names the password
         the database has (single user, and the user an alternating rotation is
-        changing), then AWSCURRENT (a rotation already finished).
+        changing), then AWSCURRENT (a rotation already finished). The
+        processes behind the agent take turns (see the module docstring).
         """
         asks = [(AWSCURRENT, False), (AWSPENDING, False), (AWSPENDING, True), (AWSCURRENT, True)]
         pending_checked = not use_pending
-        for stage, refresh in asks:
-            if stage == AWSPENDING and pending_checked:
-                continue
-            credentials = self.fetch(stage, refresh=refresh)
-            if credentials is None:
-                # The agent caches no error: "no such version" came from
-                # Secrets Manager just now, and asking again would cost a read.
-                pending_checked = True
-            elif credentials != rejected and credentials.version_id not in refused:
-                return credentials
+        with self._turn():
+            for stage, refresh in asks:
+                if stage == AWSPENDING and pending_checked:
+                    continue
+                credentials = self.fetch(stage, refresh=refresh)
+                if credentials is None:
+                    # The agent caches no error: "no such version" came from
+                    # Secrets Manager just now, and asking again would cost a read.
+                    pending_checked = True
+                elif credentials != rejected and credentials.version_id not in refused:
+                    return credentials
         return None
 
     def after_fork(self) -> None:
         """Replace the lock (a thread of the parent may have held it); nothing else
         crosses a fork: every read opens its own connection."""
         self._lock = threading.Lock()
+
+    # -- taking turns ----------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _turn(self) -> Iterator[None]:
+        """Hold the lock file shared by the processes behind this agent for this
+        secret; after waiting five agent timeouts for it, go on without."""
+        if self._lock_path is None:
+            yield
+            return
+        try:
+            fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as error:
+            logger.debug(
+                "secret %r: no turn-taking with other processes (%s: %s)",
+                self._secret_id,
+                self._lock_path,
+                error.strerror,
+            )
+            yield
+            return
+        try:
+            if not _lock(fd, self._timeout * _TURN_WAITS):
+                logger.warning(
+                    "secret %r: another process held %s longer than %g s; reading the agent "
+                    "without waiting for it",
+                    self._secret_id,
+                    self._lock_path,
+                    self._timeout * _TURN_WAITS,
+                )
+            yield
+        finally:
+            os.close(fd)  # releases the lock
 
     # -- one read ------------------------------------------------------------
 
@@ -393,6 +461,38 @@ class AgentSource:
 
     def _unavailable(self, message: str) -> SecretsManagerUnavailableError:
         return SecretsManagerUnavailableError(message, secret_id=self._secret_id)
+
+
+def _lock_path(
+    lock_dir: bool | str | os.PathLike[str], endpoint: str, secret_id: str
+) -> str | None:
+    """The lock file the processes behind one agent share for one secret."""
+    if lock_dir is False or fcntl is None:
+        return None
+    directory = tempfile.gettempdir() if lock_dir is True else os.fspath(lock_dir)
+    # A digest: the secret id may hold characters a file name cannot.
+    digest = hashlib.sha256(f"{endpoint}\0{secret_id}".encode()).hexdigest()[:24]
+    return os.path.join(directory, f"rotating_pool-agent-{digest}.lock")
+
+
+def _lock(fd: int, patience: float) -> bool:
+    """Take an exclusive `flock` on `fd`, waiting at most `patience` seconds.
+
+    flock has no timed wait: it is tried without blocking, at short intervals.
+    """
+    assert fcntl is not None
+    give_up = time.monotonic() + patience
+    pause = _TURN_POLL[0]
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if time.monotonic() >= give_up:
+                return False
+            time.sleep(pause)
+            pause = min(pause * 2, _TURN_POLL[1])
+        else:
+            return True
 
 
 def _parse_endpoint(endpoint: str) -> tuple[str, int]:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import http.client
 import json
 import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import pytest
 from botocore.config import Config
@@ -294,18 +297,22 @@ def test_awspending_is_read_by_version_stage_while_a_single_user_rotation_is_hal
     assert rotating_pool.stats(engine).failed_recoveries == 0
 
 
+@pytest.mark.parametrize(
+    ("count", "together"), [(2, False), (4, True)], ids=["one-after-another", "together"]
+)
 def test_workers_behind_one_agent_cost_one_secrets_manager_read_per_rotation(
-    make_secret, app_schema, sm_client, agent
+    make_secret, app_schema, sm_client, agent, count, together
 ):
-    """Two worker processes' stores (separate refresh intervals make separate
+    """Worker processes' stores (separate refresh intervals make separate
     stores), refused in every single-user rotation's window: the first asks the
-    agent's cache, then refreshes AWSPENDING; the second finds it cached."""
+    agent's cache, then refreshes AWSPENDING; the others find it cached. Refused
+    together, they take turns: the agent does not coalesce concurrent misses."""
     arn = make_secret("single")
     workers = [
-        rotating_pool.create_engine(URL, secret_id=arn, source="agent", refresh_interval=interval)
-        for interval in (3600, 3601)
+        rotating_pool.create_engine(URL, secret_id=arn, source="agent", refresh_interval=3600 + n)
+        for n in range(count)
     ]
-    assert credential_store(workers[0]) is not credential_store(workers[1])
+    assert len({id(credential_store(engine)) for engine in workers}) == count
     for engine in workers:
         who(engine)
     reads_per_rotation = []
@@ -314,17 +321,40 @@ def test_workers_behind_one_agent_cost_one_secrets_manager_read_per_rotation(
         if step != "testSecret":
             return
         before = agent.upstream_calls
-        for engine in workers:
+        start = threading.Barrier(count if together else 1)
+
+        def reconnect(engine: Any) -> str:
             engine.dispose()
-            assert who(engine) == app_schema.users[0]  # refused, then recovered
+            start.wait()
+            return who(engine)  # refused, then recovered
+
+        with ThreadPoolExecutor(count if together else 1) as pool:
+            users = list(pool.map(reconnect, workers))
+        assert users == [app_schema.users[0]] * count
         reads_per_rotation.append(agent.upstream_calls - before)
 
-    for _ in range(3):  # from the second on, the agent's cached AWSPENDING is the last one's
+    for _ in range(4):  # from the second on, the agent's cached AWSPENDING is the last one's
         Rotator(sm_client).rotate(arn, on_step=in_the_window)
-    assert reads_per_rotation == [1, 1, 1]
+    assert reads_per_rotation == [1] * 4
     for engine in workers:
         stats = rotating_pool.stats(engine)
-        assert (stats.recovered_logins, stats.failed_recoveries) == (3, 0)
+        assert (stats.recovered_logins, stats.failed_recoveries) == (4, 0)
+
+
+def test_a_worker_that_keeps_its_turn_delays_the_others_by_five_timeouts_at_most(
+    make_secret, agent, tmp_path, caplog
+):
+    arn = make_secret()
+    source = AgentSource(arn, timeout=0.2, lock_dir=tmp_path)
+    source.load()
+    (lock_file,) = tmp_path.glob("rotating_pool-agent-*.lock")
+    with open(lock_file, "rb") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # another process stuck in its turn
+        started = time.monotonic()
+        assert source.load().username
+        waited = time.monotonic() - started
+    assert 1.0 <= waited < 3.0
+    assert "longer than 1 s" in caplog.text
 
 
 # -- errors -------------------------------------------------------------------
