@@ -151,12 +151,47 @@ class DirectSource:
         self._labels_then("refresh", then, answer)
 
 
+class Turns:
+    """The lock file the processes behind one agent take turns on
+    (`rotating_pool.agent`, ``AgentSource._turn``): first come, first served.
+    Handing over is immediate here; the real lock is polled every 2 to 20 ms."""
+
+    def __init__(self) -> None:
+        self.busy = False
+        self.waiting: collections.deque[Callable[[], None]] = collections.deque()
+
+    def take(self, then: Callable[[], None]) -> None:
+        """Call `then` once the turn is this caller's."""
+        if self.busy:
+            self.waiting.append(then)
+        else:
+            self.busy = True
+            then()
+
+    def give_back(self) -> None:
+        """End the turn; the next waiter's begins."""
+        if self.waiting:
+            self.waiting.popleft()()
+        else:
+            self.busy = False
+
+
 class AgentSource:
     """`rotating_pool.AgentSource` over the model: reads through the task's agent
-    (one localhost hop each way), within its timeout."""
+    (one localhost hop each way), within its timeout; the processes of a task
+    take turns for a refused login's reads and for a refresh."""
 
-    def __init__(self, agent: Agent, loop: Loop, hop: Callable[[], float], timeout: float) -> None:
-        self.agent, self.loop, self.hop, self.timeout = agent, loop, hop, timeout
+    def __init__(
+        self, agent: Agent, turns: Turns, loop: Loop, hop: Callable[[], float], timeout: float
+    ) -> None:
+        self.agent, self.turns, self.loop, self.hop, self.timeout = agent, turns, loop, hop, timeout
+
+    def _in_turn(self, read: Callable[[Reply], None], answer: Reply) -> None:
+        def finish(result: Any) -> None:
+            self.turns.give_back()
+            answer(result)
+
+        self.turns.take(lambda: read(finish))
 
     def fetch(self, stage: str, refresh: bool, answer: Reply) -> None:
         """`AgentSource.fetch`: AWSCURRENT is asked without ``versionStage``."""
@@ -187,30 +222,32 @@ class AgentSource:
         stages = (AWSCURRENT, AWSPENDING) if use_pending else (AWSCURRENT,)
         asks: Iterator[tuple[bool, str]] = itertools.product((False, True), stages)
 
-        def next_ask() -> None:
-            ask = next(asks, None)
-            if ask is None:
-                answer(None)
-                return
+        def read(done: Reply) -> None:
+            def next_ask() -> None:
+                ask = next(asks, None)
+                if ask is None:
+                    done(None)
+                    return
 
-            def got(result: Any) -> None:
-                offers = isinstance(result, Credentials) and result != rejected
-                if isinstance(result, BaseException) or (
-                    offers and result.version_id not in refused
-                ):
-                    answer(result)
-                else:
-                    next_ask()
+                def got(result: Any) -> None:
+                    offers = isinstance(result, Credentials) and result != rejected
+                    if isinstance(result, BaseException) or (
+                        offers and result.version_id not in refused
+                    ):
+                        done(result)
+                    else:
+                        next_ask()
 
-            self.fetch(ask[1], ask[0], got)
+                self.fetch(ask[1], ask[0], got)
 
-        next_ask()
+            next_ask()
+
+        self._in_turn(read, answer)
 
     def poll(self, held: Credentials, answer: Reply) -> None:
         """`AgentSource.poll`: the agent's cached AWSCURRENT, if not `held`."""
-        self.fetch(
-            AWSCURRENT,
-            False,
+        self._in_turn(
+            lambda done: self.fetch(AWSCURRENT, False, done),
             lambda result: answer(None if result == held else result),
         )
 
@@ -400,6 +437,7 @@ class World:
         hop = config.agent_hop.sampler(self.rng)
         for _task in range(config.tasks):
             agent = None
+            turns = Turns()
             if config.agent:
                 agent = Agent(
                     SdkClient(self.sm, config.agent_sdk_attempts, self.rng), config.agent_ttl
@@ -413,7 +451,7 @@ class World:
                     source = DirectSource(SdkClient(self.sm, config.sdk_attempts, self.rng))
                     source.memo.add(first.credentials)
                 else:
-                    source = AgentSource(agent, self.loop, hop, config.agent_timeout)
+                    source = AgentSource(agent, turns, self.loop, hop, config.agent_timeout)
                 process = Process(self, source)
                 self.processes.append(process)
                 self._schedule_refresh(process, self.rng.uniform(0, config.refresh_interval))
