@@ -51,12 +51,17 @@ __all__ = ["SecretSource", "SecretsManagerSource"]
 logger = logging.getLogger("rotating_pool")
 
 # Short timeouts: a read that hangs must not hold a recovery for botocore's
-# default 60 s. Few retries: the login policy (RetryBudget) retries throttling
-# with its own jittered backoff, inside a budget the application chose.
+# default 60 s. Two attempts in all (``total_max_attempts``; botocore's
+# ``max_attempts`` counts retries only, so 2 there meant three attempts): a
+# throttled call is retried once, after random() x 1 s; a third attempt would
+# wait up to 2 s more, and the login policy (RetryBudget) retries with its own
+# shorter jittered backoff, inside a budget the application chose. Measured
+# with the fleet benchmark (benchmarks/README.md, 6): three attempts made its
+# longest stall 2.1-2.4 s, two 1.x s.
 DEFAULT_CLIENT_CONFIG = botocore.config.Config(
     connect_timeout=3,
     read_timeout=5,
-    retries={"mode": "standard", "max_attempts": 2},
+    retries={"mode": "standard", "total_max_attempts": 2},
     user_agent_extra="rotating_pool",
 )
 """The botocore config of the client rotating_pool makes when none is given."""

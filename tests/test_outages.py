@@ -141,3 +141,16 @@ def test_a_throttled_fleet_starting_during_single_user_rotations_fails_nothing(
     assert all(report["recovered_logins"] >= 1 for report in reports)
     assert proxy.throttled["GetSecretValue"] + proxy.throttled["DescribeSecret"] > 0  # it bit
     setup.dispose()
+
+
+def test_the_default_client_tries_a_throttled_read_twice_in_all(make_secret, proxy, monkeypatch):
+    """botocore's ``max_attempts`` counts retries, not attempts: the default
+    client sets ``total_max_attempts``, so a throttled read is tried twice (one
+    wait of up to 1 s), then the login policy's own shorter backoff takes over."""
+    arn = make_secret()
+    monkeypatch.setenv("AWS_ENDPOINT_URL_SECRETS_MANAGER", proxy.endpoint_url)
+    proxy.answer_error("GetSecretValue", "ThrottlingException")
+    source = rotating_pool.SecretsManagerSource(arn)
+    with pytest.raises(rotating_pool.SecretsManagerUnavailableError, match="ThrottlingException"):
+        source.load()
+    assert proxy.calls["GetSecretValue"] == 2

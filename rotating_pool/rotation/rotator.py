@@ -80,7 +80,8 @@ DEFAULT_EXCLUDE_CHARACTERS = "/@\"'\\"
 _CLIENT_CONFIG = botocore.config.Config(
     connect_timeout=5,
     read_timeout=10,
-    retries={"mode": "standard", "max_attempts": 3},
+    # Three attempts in all (botocore's ``max_attempts`` would count retries only).
+    retries={"mode": "standard", "total_max_attempts": 3},
     user_agent_extra="rotating_pool.rotation",
 )
 
