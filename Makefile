@@ -89,6 +89,7 @@ bench: $(BENCH_STAMP) postgres
 bench-quick: $(BENCH_STAMP) postgres
 	$(VENV)/bin/python -m benchmarks.run --quick
 	$(VENV)/bin/python -m benchmarks.fleet_sim --quick
+	$(VENV)/bin/python -m benchmarks.hook_cost --connects 20
 
 # The fleet simulator's sweep (benchmarks/README.md, "Fleet simulator"); no database needed.
 bench-fleet-sim: $(BENCH_STAMP)

@@ -6,13 +6,15 @@ Each writer pauses 100 ms between transactions, as an application serving
 requests would: flat-out writers in 8 processes on 2 cores would measure CPU
 starvation (stalls of seconds without any rotation), not waiting on Secrets
 Manager.
-Secrets Manager, behind the proxy, answers ThrottlingException above 4 calls
-per second (a token bucket, burst 4) for the whole fleet. After a quiet
+Secrets Manager, behind the proxy, answers ThrottlingException above 4
+GetSecretValue and 16 DescribeSecret calls per second (a token bucket per
+operation, burst 1 s of it, AWS's ratio) for the whole fleet. After a quiet
 segment (the stall baseline), the secret is rotated every 5 s with 1 s between
 setSecret and finishSecret. In single-user rotation every process is refused
-in that 1 s window at once and needs AWSCURRENT and AWSPENDING: 16 calls per
-rotation at the least, 4 s of this quota; a rotation every 5 s leaves the
-quota room to drain between rotations.
+in that 1 s window at once and needs one DescribeSecret and one GetSecretValue
+(the AWSPENDING version): 8 GetSecretValue per rotation at the least, 2 s of
+this quota, the last answered 1 s after the first; a rotation every 5 s leaves
+the quota room to drain between rotations.
 
 Reported per client (rotating_pool, and aws-advanced-python-wrapper as the
 peer): Secrets Manager calls per rotation (all, and the throttled share),

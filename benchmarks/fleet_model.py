@@ -45,7 +45,7 @@ from rotating_pool.errors import LoginRejectedError, SecretsManagerUnavailableEr
 from rotating_pool.policy import Connect, Recheck, Refetch, RetryBudget, Wait, login_plan
 from rotating_pool.reads import Labels, Read, recovery_reads, steady_read
 from rotating_pool.secret import AWSCURRENT, AWSPENDING, Credentials
-from rotating_pool.sources import VersionMemo
+from rotating_pool.sources import DEFAULT_CLIENT_CONFIG, VersionMemo
 
 __all__ = ["Outcome", "World", "WorldConfig"]
 
@@ -59,6 +59,8 @@ SECRETS_MANAGER_LATENCY = Latency(0.015, 0.060)
 LOGIN_LATENCY = Latency(0.007, 0.020)
 REFUSED_LOGIN_LATENCY = Latency(0.0055, 0.015)
 AGENT_HOP_LATENCY = Latency(0.001, 0.003)
+# Attempts per call of rotating_pool's default botocore client, read from it.
+SDK_ATTEMPTS: int = DEFAULT_CLIENT_CONFIG.retries["total_max_attempts"]  # type: ignore[attr-defined]
 
 
 def _credentials(result: Any, stage: str) -> Any:
@@ -396,7 +398,7 @@ class WorldConfig:
     login_latency: Latency = LOGIN_LATENCY
     refused_latency: Latency = REFUSED_LOGIN_LATENCY
     agent_hop: Latency = AGENT_HOP_LATENCY
-    sdk_attempts: int = 2
+    sdk_attempts: int = field(default_factory=lambda: SDK_ATTEMPTS)
     agent_sdk_attempts: int = 3
     refresh_interval: float = 3600.0
     agent_ttl: float = 300.0

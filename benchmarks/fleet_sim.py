@@ -35,7 +35,7 @@ from typing import Any
 import sqlalchemy
 from sqlalchemy.pool import NullPool
 
-from benchmarks.fleet_model import World, WorldConfig
+from benchmarks.fleet_model import SDK_ATTEMPTS, World, WorldConfig
 from benchmarks.fleet_services import GET, Latency
 from benchmarks.measure import percentile
 from rotating_pool.policy import RetryBudget
@@ -234,9 +234,13 @@ def chart(results: list[dict[str, Any]], path: Path, title: str) -> None:
 # -- calibration against the local throttled fleet -----------------------------------
 
 
-def calibrate() -> int:
+def calibrate(sdk_attempts: int = SDK_ATTEMPTS) -> int:
     """Run benchmark 6's fleet (rotating_pool) for real, then the simulator on the same
-    configuration with the bed's measured latencies; print both side by side."""
+    configuration with the bed's measured latencies; print both side by side.
+
+    `sdk_attempts`: attempts per Secrets Manager call in the simulator (rotating_pool's
+    default client makes 2); another number shows what such a client would do.
+    """
     from benchmarks import fleet  # noqa: PLC0415  (needs the local stack)
     from benchmarks.bed import start_bed  # noqa: PLC0415
 
@@ -260,6 +264,7 @@ def calibrate() -> int:
         sm_latency=Latency(measured["get_secret_value_s"], 3 * measured["get_secret_value_s"]),
         login_latency=Latency(measured["login_s"], 3 * measured["login_s"]),
         refused_latency=Latency(measured["refused_login_s"], 3 * measured["refused_login_s"]),
+        sdk_attempts=sdk_attempts,
     )
     runs = [simulate(dataclasses.replace(config, seed=seed)) for seed in range(1, 11)]
     sim = {
@@ -293,7 +298,8 @@ def calibrate() -> int:
         f"GetSecretValue throttled at {fleet.THROTTLE_PER_SECOND:.0f}/s; bed latencies "
         f"(median): GetSecretValue {measured['get_secret_value_s'] * 1000:.1f} ms, login "
         f"{measured['login_s'] * 1000:.1f} ms, refused login "
-        f"{measured['refused_login_s'] * 1000:.1f} ms; simulator: mean of 10 seeds; the local "
+        f"{measured['refused_login_s'] * 1000:.1f} ms; simulator: mean of 10 seeds, "
+        f"{sdk_attempts} attempts per Secrets Manager call; the local "
         f"fleet's quiet segment (no rotation): longest transaction "
         f"{quiet['longest_transaction_s']:.2f} s, worst worker's p99 "
         f"{quiet['worst_worker_p99_s']:.2f} s (what CPU contention alone costs here)\n"
@@ -308,13 +314,15 @@ def calibrate() -> int:
             within &= ok
             verdict = "within 25%" if ok else "OFF by more than 25%"
         print(f"{label:<30} {local[key]:>12.2f} {sim[key]:>12.2f} {ratio:>12.2f}  {verdict}")
+    suffix = "" if sdk_attempts == SDK_ATTEMPTS else f"_sdk_attempts_{sdk_attempts}"
     _write(
-        RESULTS / "fleet_sim_calibration.json",
+        RESULTS / f"fleet_sim_calibration{suffix}.json",
         {
             "local": local,
             "simulator": sim,
             "bed_latencies": measured,
             "local_quiet": quiet,
+            "simulator_sdk_attempts": sdk_attempts,
             "within_25pct": within,
         },
     )
@@ -432,9 +440,16 @@ def main(argv: list[str] | None = None) -> int:
         help="--recommend: fleet and quotas scaled together (default 0.1: 1,000 x 4 tasks "
         "against 1,000 GetSecretValue/s)",
     )
+    parser.add_argument(
+        "--sdk-attempts",
+        type=int,
+        default=SDK_ATTEMPTS,
+        help=f"--calibrate: attempts per Secrets Manager call in the simulator (default "
+        f"{SDK_ATTEMPTS}, as rotating_pool's default client)",
+    )
     args = parser.parse_args(argv)
     if args.calibrate:
-        return calibrate()
+        return calibrate(args.sdk_attempts)
     started = time.monotonic()
     if args.recommend:
         results = run_all(recommend_configs(args.scale), args.jobs)
