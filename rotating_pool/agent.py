@@ -263,7 +263,7 @@ class AgentSource:
             yield
             return
         try:
-            fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+            fd = _open_turn(self._lock_path)
         except OSError as error:
             logger.debug(
                 "secret %r: no turn-taking with other processes (%s: %s)",
@@ -284,7 +284,7 @@ class AgentSource:
                 )
             yield
         finally:
-            os.close(fd)  # releases the lock
+            _close_turn(fd)  # releases the lock
 
     # -- one read ------------------------------------------------------------
 
@@ -473,6 +473,45 @@ def _lock_path(
     # A digest: the secret id may hold characters a file name cannot.
     digest = hashlib.sha256(f"{endpoint}\0{secret_id}".encode()).hexdigest()[:24]
     return os.path.join(directory, f"rotating_pool-agent-{digest}.lock")
+
+
+# The lock files this process has open, so that a child forked meanwhile (a
+# pre-forking server's new worker) closes its copies: a flock belongs to the
+# open file, which the child shares, and the child never runs the code that
+# would close it, so it would hold the turn for its whole life.
+_turns_open: set[int] = set()
+_turns_lock = threading.Lock()
+
+
+def _open_turn(path: str) -> int:
+    # Opened and noted under the lock that fork() takes first (below): a
+    # child never gets a lock file's descriptor that is not in the set.
+    with _turns_lock:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        _turns_open.add(fd)
+    return fd
+
+
+def _close_turn(fd: int) -> None:
+    with _turns_lock:
+        _turns_open.discard(fd)
+        os.close(fd)
+
+
+def _close_turns_in_child() -> None:
+    for fd in _turns_open:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _turns_open.clear()
+    _turns_lock.release()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(
+        before=_turns_lock.acquire,
+        after_in_parent=_turns_lock.release,
+        after_in_child=_close_turns_in_child,
+    )
 
 
 def _lock(fd: int, patience: float) -> bool:

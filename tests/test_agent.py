@@ -7,6 +7,7 @@ import fcntl
 import http.client
 import json
 import logging
+import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -355,6 +356,28 @@ def test_a_worker_that_keeps_its_turn_delays_the_others_by_five_timeouts_at_most
         waited = time.monotonic() - started
     assert 1.0 <= waited < 3.0
     assert "longer than 1 s" in caplog.text
+
+
+def test_a_worker_forked_during_a_turn_does_not_keep_it(make_secret, agent, tmp_path, caplog):
+    """A pre-forking server may fork a worker while a thread of the parent
+    holds the turn: the child closes its copy of the lock file, so the turn
+    ends when the parent's does."""
+    arn = make_secret()
+    source = AgentSource(arn, timeout=0.2, lock_dir=tmp_path)
+    release_child, child_end = os.pipe()
+    with source._turn():
+        pid = os.fork()
+        if pid == 0:  # the new worker: alive until the test ends
+            os.read(release_child, 1)
+            os._exit(0)
+    try:
+        started = time.monotonic()
+        assert AgentSource(arn, timeout=0.2, lock_dir=tmp_path).load().username
+        assert time.monotonic() - started < 1.0  # the patience (5 x 0.2 s) not spent
+        assert "longer than" not in caplog.text
+    finally:
+        os.write(child_end, b"x")
+        os.waitpid(pid, 0)
 
 
 # -- errors -------------------------------------------------------------------
