@@ -563,7 +563,9 @@ def test_the_stand_in_takes_the_token_in_either_header_the_agent_reads_by_defaul
     assert statuses == [200, 403, 200, 403]
 
 
-def test_the_stand_in_caches_for_its_ttl_by_query(make_secret, secretsmanager, sm_client):
+def test_the_stand_in_caches_by_query_and_checks_expired_entries_as_the_agent(
+    make_secret, secretsmanager, sm_client
+):
     arn = make_secret()
     with LocalAgent(secretsmanager.client(), port=0, ttl=1.0) as agent:
         source = AgentSource(arn, endpoint=agent.endpoint_url, token=agent.token)
@@ -576,12 +578,19 @@ def test_the_stand_in_caches_for_its_ttl_by_query(make_secret, secretsmanager, s
             f"/secretsmanager/get?secretId={arn}&versionId={version_id}",
             {TOKEN_HEADER: agent.token},
         )
+        time.sleep(1.1)  # the TTL itself is what is tested
+        source.load()  # expired, its version still AWSCURRENT: kept
+        assert (agent.upstream_calls, agent.describe_calls) == (2, 1)
+        document = json.loads(sm_client.get_secret_value(SecretId=arn)["SecretString"])
+        document["password"] = "x"
+        sm_client.put_secret_value(SecretId=arn, SecretString=json.dumps(document))
         time.sleep(1.1)
-        source.load()
+        assert source.load().password == "x"  # expired, its version no longer AWSCURRENT: read
         assert [(r.version_id, r.from_cache) for r in agent.history] == [
             (None, False),
             (None, True),
             (version_id, False),  # another key
-            (None, False),  # expired
+            (None, True),  # expired, still current
+            (None, False),  # expired, superseded
         ]
-        assert agent.upstream_calls == 3
+        assert (agent.upstream_calls, agent.describe_calls) == (3, 2)

@@ -109,10 +109,15 @@ class LocalAgent(LocalService):
       other paths 404, other methods 405. ``GET /ping`` answers ``healthy``
       without a token (the agent's health check).
 
-    Simplified where it does not matter here: an expired entry is simply read
-    again (the agent first asks DescribeSecret whether it is still current, and
-    may serve it stale after transient errors); no size limit, no path-style
-    requests, no connection limit.
+    - An entry past its TTL is checked with DescribeSecret, as the agent does
+      (``is_current`` in its ``aws_secretsmanager_caching/src/lib.rs``): kept,
+      with a new TTL, while its version still has the stage asked for
+      (AWSCURRENT when none was; a query by versionId alone: while the
+      version exists); otherwise read again.
+
+    Simplified where it does not matter here: a failed DescribeSecret leads to
+    a new read (the agent, with ``ignore_transient_errors``, may serve the
+    entry stale); no size limit, no path-style requests, no connection limit.
 
     Args:
         client: a boto3 ``secretsmanager`` client (e.g. `LocalSecretsManager.client()`).
@@ -157,6 +162,7 @@ class LocalAgent(LocalService):
         self._refreshes = 0
         self._rejected = 0
         self._upstream_calls = 0
+        self._describe_calls = 0
         self._history: deque[AgentRequest] = deque(maxlen=_HISTORY)
 
     def __repr__(self) -> str:
@@ -262,6 +268,12 @@ class LocalAgent(LocalService):
             return self._upstream_calls
 
     @property
+    def describe_calls(self) -> int:
+        """DescribeSecret calls made to Secrets Manager (checks of expired entries)."""
+        with self._lock:
+            return self._describe_calls
+
+    @property
     def history(self) -> list[AgentRequest]:
         """The last 10,000 requests that passed the token check, oldest first (a copy)."""
         with self._lock:
@@ -271,6 +283,7 @@ class LocalAgent(LocalService):
         """Set every counter back to zero and forget the history (the cache stays)."""
         with self._lock:
             self._requests = self._refreshes = self._rejected = self._upstream_calls = 0
+            self._describe_calls = 0
             self._history.clear()
 
     def clear_cache(self) -> None:
@@ -304,7 +317,9 @@ class LocalAgent(LocalService):
         key = (secret_id, version_id, version_stage)
         status, from_cache = 200, False
         try:
-            body = None if refresh_now else self._cached(key)
+            body, expired = (None, False) if refresh_now else self._cached(key)
+            if body is not None and expired and not self._still_current(key, body):
+                body = None
             from_cache = body is not None
             if body is None:
                 body = self._read_upstream(key)
@@ -320,12 +335,41 @@ class LocalAgent(LocalService):
                     )
                 )
 
-    def _cached(self, key: CacheKey) -> bytes | None:
+    def _cached(self, key: CacheKey) -> tuple[bytes | None, bool]:
+        """The cached answer for `key` (None: none) and whether its TTL is over."""
         with self._lock:
             entry = self._cache.get(key)
-            if entry is None or self._clock() >= entry[0]:
-                return None
-            return entry[1]
+            if entry is None:
+                return None, False
+            return entry[1], self._clock() >= entry[0]
+
+    def _still_current(self, key: CacheKey, body: bytes) -> bool:
+        """The agent's check of an expired entry (``is_current`` in its
+        ``aws_secretsmanager_caching/src/lib.rs``): DescribeSecret, and the
+        entry is kept, its TTL renewed, when its version still exists (a query
+        by versionId alone) or still has the stage asked for (AWSCURRENT when
+        none was). A failed DescribeSecret counts as "not current" here."""
+        _secret_id, version_id, version_stage = key
+        cached = json.loads(body)
+        with self._lock:
+            self._describe_calls += 1
+        try:
+            stages = self._client.describe_secret(SecretId=cached["ARN"]).get(
+                "VersionIdsToStages"
+            )
+        except Exception:  # the read that follows reports what is wrong
+            return False
+        if not stages:
+            return False
+        if version_id is not None and version_stage is None:
+            current = version_id in stages
+        else:
+            wanted = version_id or cached.get("VersionId")
+            current = (version_stage or "AWSCURRENT") in stages.get(wanted, ())
+        if current:
+            with self._lock:
+                self._cache[key] = (self._clock() + self.ttl, body)
+        return current
 
     def _read_upstream(self, key: CacheKey) -> bytes:
         secret_id, version_id, version_stage = key
