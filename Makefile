@@ -12,7 +12,7 @@ LINT_PATHS := $(wildcard rotating_pool tests examples benchmarks deploy .ci/matr
 LAMBDA_PYTHON ?= 3.12
 LAMBDA_ARCH ?= x86_64
 
-.PHONY: venv postgres pgbouncer test lint lint-templates lambda-zip dist matrix demo demo-threads bench bench-quick bench-fleet-sim
+.PHONY: venv postgres pgbouncer test lint docs lint-templates lambda-zip dist matrix demo demo-threads bench bench-quick bench-fleet-sim
 
 venv: $(VENV_STAMP)
 
@@ -74,6 +74,16 @@ demo: venv postgres
 # The smaller demo: writer threads through create_engine, both strategies.
 demo-threads: venv postgres
 	$(VENV)/bin/python -m examples.demo
+
+DOCS_STAMP := $(VENV)/.installed-docs
+
+$(DOCS_STAMP): $(VENV_STAMP)
+	$(VENV)/bin/python -m pip install --quiet -e '.[test,docs]'
+	touch $@
+
+# The documentation site (mkdocs.yml, docs/) into site/; a broken link or reference fails it.
+docs: $(DOCS_STAMP)
+	$(VENV)/bin/mkdocs build --strict --site-dir site
 
 BENCH_STAMP := $(VENV)/.installed-bench
 

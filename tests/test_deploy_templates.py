@@ -3,8 +3,9 @@
 `cfn-lint` checks the templates against CloudFormation's schemas (`make lint`).
 These tests check what no schema knows: the Fargate task definition is the
 example's `task-definition.json`, the roles allow exactly the IAM actions the
-README (and the example's policy files) document, scoped as documented, and
-the rotation function is configured with the variables the README lists.
+deploy guide (docs/guides/deploy.md, and the example's policy files) documents,
+scoped as documented, and the rotation function is configured with the variables
+the reference lists (docs/reference/lambda-environment.md).
 Templates are evaluated with a small resolver of Ref, Fn::Sub, Fn::GetAtt and
 Fn::If, parameters taken from their defaults unless a test sets them.
 """
@@ -24,7 +25,8 @@ from deploy.build_lambda_zip import DEFAULT_PYTHON as LAMBDA_PYTHON
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
 EXAMPLE = ROOT / "examples" / "fargate_sidecar"
-README = ROOT / "README.md"
+DEPLOY_GUIDE = ROOT / "docs" / "guides" / "deploy.md"
+LAMBDA_ENVIRONMENT = ROOT / "docs" / "reference" / "lambda-environment.md"
 
 # The example's JSON files are filled by envsubst with these names.
 PLACEHOLDERS = {
@@ -124,15 +126,15 @@ def camel(value: Any, *, keep_keys: bool = False) -> Any:
     return value
 
 
-def readme_policies() -> list[dict[str, Any]]:
-    """Every IAM policy document in the README's ```json blocks."""
-    blocks = re.findall(r"```json\n(.*?)```", README.read_text(), re.S)
+def documented_policies() -> list[dict[str, Any]]:
+    """Every IAM policy document in the deploy guide's ```json blocks."""
+    blocks = re.findall(r"```json\n(.*?)```", DEPLOY_GUIDE.read_text(), re.S)
     return [doc for doc in map(json.loads, blocks) if "Statement" in doc]
 
 
 def documented(sid: str) -> dict[str, Any]:
-    """The README's policy that has a statement `sid`."""
-    (policy,) = [p for p in readme_policies() if sid in {s.get("Sid") for s in p["Statement"]}]
+    """The deploy guide's policy that has a statement `sid`."""
+    (policy,) = [p for p in documented_policies() if sid in {s.get("Sid") for s in p["Statement"]}]
     return policy
 
 
@@ -189,12 +191,12 @@ def test_the_task_role_reads_no_key_when_the_secret_uses_the_aws_managed_one():
     ]
 
 
-def test_the_execution_role_allows_what_the_readme_documents():
+def test_the_execution_role_allows_what_the_deploy_guide_documents():
     template = Template("fargate-service.yaml", **FARGATE_PARAMS)
     role = template.properties("ExecutionRole")
-    readme = documented("PullTheImages")
+    guide = documented("PullTheImages")
 
-    assert actions(inline_statements(role)) == actions(readme["Statement"])
+    assert actions(inline_statements(role)) == actions(guide["Statement"])
     assert "ManagedPolicyArns" not in role
     assert role["AssumeRolePolicyDocument"] == json.loads(
         (EXAMPLE / "iam-task-trust-policy.json").read_text()
@@ -218,13 +220,13 @@ def test_the_service_runs_in_private_subnets_behind_the_target_group():
 
 @pytest.mark.parametrize("strategy", ["alternating", "single"])
 @pytest.mark.parametrize("kms", [True, False])
-def test_the_rotation_role_allows_what_the_readme_documents(strategy: str, kms: bool):
+def test_the_rotation_role_allows_what_the_deploy_guide_documents(strategy: str, kms: bool):
     params = {**ROTATION_PARAMS, "Strategy": strategy, "KmsKeyArn": KMS_KEY if kms else ""}
     role = Template("rotation.yaml", **params).properties("RotationRole")
-    readme = actions(documented("RotateTheAppSecret")["Statement"])
-    # The README says which statements apply when (admin and RDS: alternating; key: a CMK).
+    guide = actions(documented("RotateTheAppSecret")["Statement"])
+    # The guide says which statements apply when (admin and RDS: alternating; key: a CMK).
     expected = {
-        sid: acts for sid, acts in readme.items()
+        sid: acts for sid, acts in guide.items()
         if (strategy == "alternating" or sid not in {"ReadTheAdminSecret", "FindTheRdsEndpoint"})
         and (kms or sid != "SecretsKey")
     }
@@ -233,7 +235,7 @@ def test_the_rotation_role_allows_what_the_readme_documents(strategy: str, kms: 
     assert role["ManagedPolicyArns"] == [
         "arn:aws:iam::aws:policy/service-role/AWSLambdaVPCAccessExecutionRole"
     ]
-    assert "AWSLambdaVPCAccessExecutionRole" in README.read_text()
+    assert "AWSLambdaVPCAccessExecutionRole" in DEPLOY_GUIDE.read_text()
 
 
 def test_the_rotation_role_is_scoped_to_the_two_secrets_and_the_key():
@@ -269,9 +271,9 @@ def test_the_function_runs_the_tested_zip_in_the_vpc():
     assert "Role" in function
 
 
-def test_the_function_sets_every_variable_the_readme_documents():
+def test_the_function_sets_every_variable_the_reference_documents():
     function = Template("rotation.yaml", **ROTATION_PARAMS).properties("RotationFunction")
-    section = README.read_text().split("Environment variables of the rotation function", 1)[1]
+    section = LAMBDA_ENVIRONMENT.read_text()
     table = section[section.index("\n| variable |") :].split("\n\n", 1)[0]
     documented_names = set(re.findall(r"^\| `([A-Z0-9_]+)` \|", table, re.M))
     assert "SSL_ROOT_CERT" in documented_names

@@ -77,7 +77,9 @@ def test_the_sdist_carries_the_tests_and_what_they_read(dist: dict[str, Path]):
         names = {n.split("/", 1)[1] for n in archive.getnames() if "/" in n}
     wanted = [p.relative_to(ROOT).as_posix() for p in (ROOT / "tests").glob("*.py")]
     wanted += [p.relative_to(ROOT).as_posix() for p in (ROOT / "deploy").glob("*.*")]
+    wanted += [p.relative_to(ROOT).as_posix() for p in (ROOT / "docs").rglob("*.md")]
     wanted += ["examples/fargate_sidecar/task-definition.json", "CHANGELOG.md", "LICENSE"]
+    wanted += ["README.md", "mkdocs.yml"]
     assert set(wanted) <= names, sorted(set(wanted) - names)
     assert not [n for n in names if n.endswith(".pyc")]
 

@@ -1,9 +1,10 @@
-"""The README's Deploy section, run as a reader would run it, against the local bed.
+"""The deploy guide (docs/guides/deploy.md), run as a reader would run it, against the local bed.
 
-Every ```sh block of the section runs in a shell from the repository's root,
-with the project's venv on PATH and Secrets Manager's endpoint pointed at a
-local moto, except the blocks that say they are not run here: those may only
-hold `sam deploy` / `aws cloudformation deploy` commands.
+Every ```sh block of the page marked `<!-- run-by: tests/test_docs_deploy.py -->`
+runs in a shell from the repository's root, with the project's venv on PATH and
+Secrets Manager's endpoint pointed at a local moto. The blocks marked
+`<!-- not-run: ... -->` may only hold `sam deploy` / `aws cloudformation deploy`
+commands. (tests/test_docs_examples.py checks that no block is left unmarked.)
 """
 
 from __future__ import annotations
@@ -22,17 +23,15 @@ from deploy.build_lambda_zip import DEFAULT_PYTHON
 from rotating_pool.local import LocalPostgres, LocalSecretsManager
 
 ROOT = Path(__file__).resolve().parents[1]
-NOT_RUN = "# not run here"
+PAGE = ROOT / "docs" / "guides" / "deploy.md"
+RUN_BY = "<!-- run-by: tests/test_docs_deploy.py -->"
+NOT_RUN = "<!-- not-run: "
 
 
-def deploy_section() -> str:
-    text = (ROOT / "README.md").read_text()
-    section = text.split("\n## Deploy\n", 1)[1]
-    return section.split("\n## ", 1)[0]
-
-
-def shell_blocks() -> list[str]:
-    return re.findall(r"```sh\n(.*?)```", deploy_section(), re.S)
+def shell_blocks(marker: str) -> list[str]:
+    """The page's ```sh blocks whose marker line starts with `marker`."""
+    pattern = rf"^{re.escape(marker)}[^\n]*\n```sh\n(.*?)```"
+    return re.findall(pattern, PAGE.read_text(), re.S | re.M)
 
 
 def commands(block: str) -> list[str]:
@@ -43,7 +42,7 @@ def commands(block: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def bed() -> Iterator[dict[str, str]]:
-    """A server and a Secrets Manager of their own (the section's names are fixed),
+    """A server and a Secrets Manager of their own (the page's names are fixed),
     with the admin secret the section names; returns the environment to run in."""
     with LocalPostgres() as server, LocalSecretsManager() as sm:
         sm.client().create_secret(Name="db-admin", SecretString=json.dumps(server.admin_document()))
@@ -53,19 +52,19 @@ def bed() -> Iterator[dict[str, str]]:
 
 
 def test_only_the_deploy_commands_are_left_out():
-    skipped = [b for b in shell_blocks() if b.startswith(NOT_RUN)]
-    assert skipped, "the section has no deploy commands"
+    skipped = shell_blocks(NOT_RUN)
+    assert skipped, "the page has no deploy commands"
     for block in skipped:
         for command in commands(block):
             assert command.startswith(("sam deploy ", "aws cloudformation deploy ")), command
-    assert len(shell_blocks()) > len(skipped)
+    every = re.findall(r"^```sh\n", PAGE.read_text(), re.M)
+    assert len(every) == len(skipped) + len(shell_blocks(RUN_BY))
 
 
 def test_every_other_command_runs(bed: dict[str, str]):
     ran = []
-    for block in shell_blocks():
-        if block.startswith(NOT_RUN):
-            continue
+    assert len(shell_blocks(RUN_BY)) >= 3
+    for block in shell_blocks(RUN_BY):
         run = subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=ROOT, env=bed,
                              capture_output=True, text=True, check=False, timeout=900)
         assert run.returncode == 0, f"{block}\n{run.stdout[-2000:]}\n{run.stderr[-3000:]}"
