@@ -7,7 +7,7 @@ VENV_STAMP := $(VENV)/.installed
 PG_BIN := /usr/lib/postgresql/15/bin
 PGBOUNCER := /usr/sbin/pgbouncer
 PYTEST_ARGS ?=
-LINT_PATHS := $(wildcard rotating_pool tests examples benchmarks deploy .ci/matrix.py)
+LINT_PATHS := $(wildcard rotating_pool tests examples benchmarks deploy .ci/matrix.py mkdocs_hooks.py)
 # The rotation Lambda's runtime and architecture (deploy/rotation.yaml names the same).
 LAMBDA_PYTHON ?= 3.12
 LAMBDA_ARCH ?= x86_64
