@@ -9,7 +9,9 @@ Markers, on the line just before a block's fence:
 from __future__ import annotations
 
 import ast
+import contextlib
 import doctest
+import io
 import json
 import os
 import re
@@ -204,6 +206,20 @@ def _run_pycon(block: Block) -> None:
     assert runner.failures == 0, f"{block.where}: {runner.failures} doctest failures (above)"
 
 
+def _run_command(where: str, command: str, env: dict[str, str]) -> None:
+    """One console command; `rotating-pool` runs in this process (its `main`, what the
+    installed script calls), which spares the examples a Python start-up each."""
+    words = shlex.split(command.replace("\\\n", " "), comments=True)
+    if words[:1] != ["rotating-pool"] or any(w in {"|", "&&", ";", ">"} for w in words):
+        _run_shell(where, command, env)
+        return
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = rotating_pool_cli(words[1:])
+    assert code == 0, f"{where}: `{command}` exited {code}\n{out.getvalue()}\n{err.getvalue()}"
+    assert out.getvalue(), f"{where}: `{command}` printed nothing"
+
+
 def _run_shell(where: str, script: str, env: dict[str, str]) -> None:
     run = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=ROOT, env=env,
                          capture_output=True, text=True, check=False, timeout=SHELL_TIMEOUT)
@@ -223,7 +239,12 @@ def test_example_runs(block: Block, bed: dict[str, str]):
             _run_shell(block.where, block.body, bed)
         else:
             for command in console_commands(block.body):
-                _run_shell(block.where, command, bed)
+                _run_command(block.where, command, bed)
+    except Exception as error:
+        raise AssertionError(
+            f"{block.where}: the example failed ({type(error).__name__}): fix it, or mark it "
+            "`<!-- not-run: REASON -->` if it cannot run on the bed (docs/contributing.md)"
+        ) from error
     finally:
         # A block may point the environment elsewhere (the agent's variables): not the next.
         os.environ.clear()
