@@ -13,6 +13,7 @@ import contextlib
 import doctest
 import io
 import json
+import logging
 import os
 import re
 import shlex
@@ -189,11 +190,29 @@ def _dispose_engines(namespace: dict[str, object]) -> None:
             value.dispose()
 
 
+@contextlib.contextmanager
+def _logging_kept() -> Iterator[None]:
+    """Put every logger's level, filters and handlers back afterwards: an example may
+    configure logging for a whole process (`redact_botocore_logs`), the tests may not."""
+    loggers = [logging.getLogger()] + [
+        lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger)
+    ]
+    saved = [(lg, lg.level, list(lg.filters), list(lg.handlers)) for lg in loggers]
+    try:
+        yield
+    finally:
+        for lg, level, filters, handlers in saved:
+            lg.setLevel(level)
+            lg.filters[:] = filters
+            lg.handlers[:] = handlers
+
+
 def _run_python(block: Block) -> None:
     namespace: dict[str, object] = {"__name__": "__docs_example__"}
     code = compile(block.body, block.where, "exec")
     try:
-        exec(code, namespace)  # the block is the docs' own text, run as a reader would
+        with _logging_kept():
+            exec(code, namespace)  # the block is the docs' own text, run as a reader would
     finally:
         _dispose_engines(namespace)
 
