@@ -4,7 +4,7 @@
 
 Computed from the library's own settings (`rotating_pool.retire.poll_interval`,
 `retirement_window` and the store's jittered refresh), not measured: the
-figures the README quotes. The store refreshes after a random time between
+figures docs/guides/retirement.md quotes. The store refreshes after a random time between
 half the poll interval and all of it (mean 0.75 of it); retirement's clock
 ticks every quarter of it, so a refresh starts at most a quarter late. Each
 refresh is one DescribeSecret; a GetSecretValue follows only when AWSCURRENT

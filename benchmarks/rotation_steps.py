@@ -2,7 +2,7 @@
 
     python -m benchmarks.rotation_steps [--rotations N]
 
-Prints the table of README.md's "Measured" section (the rotation side): per
+Prints the table of docs/explanations/measured.md's "Rotation steps": per
 step, the median and p95 of N rotations (50 by default) in four columns,
 single and alternating users, each driven two ways:
 

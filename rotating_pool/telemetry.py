@@ -1,7 +1,7 @@
 """Metrics and traces through OpenTelemetry's API (the ``otel`` extra).
 
 A library only uses the API; the application configures the SDK and its
-exporters (OTLP, Prometheus: see the README). Without ``opentelemetry-api``
+exporters (OTLP, Prometheus: see docs/guides/telemetry.md). Without ``opentelemetry-api``
 installed nothing here records anything and nothing is imported; with the API
 but no SDK configured, every instrument is OpenTelemetry's no-op.
 

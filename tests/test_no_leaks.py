@@ -99,7 +99,7 @@ def test_botocore_debug_logs_leak_secret_values_unless_redacted(make_secret, sm_
         engine.connect().close()
         return "\n".join(record.getMessage() for record in caplog.records)
 
-    # What the README warns about: botocore itself logs the response body.
+    # What the telemetry guide warns about: botocore itself logs the response body.
     assert password in logged_after_a_read()
     redactor = rotating_pool.redact_botocore_logs()
     try:

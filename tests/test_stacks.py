@@ -113,7 +113,8 @@ def test_pgbouncer_stops_cleanly_and_removes_its_files(postgres):
     bouncer.stop()  # twice is harmless
 
 
-# Each driver with the settings the README gives for PgBouncer's transaction pooling.
+# Each driver with the settings docs/guides/poolers-and-proxies.md gives for PgBouncer's
+# transaction pooling.
 TRANSACTION_MODE = {
     "psycopg": {"connect_args": {"prepare_threshold": None}},
     "psycopg2": {},

@@ -1,9 +1,10 @@
 """Application engines verify the server's certificate, through each driver.
 
 Against the TLS bed (TLS only; certificate for 127.0.0.1 signed by the bed's
-CA), with the settings the README documents: libpq's ``sslmode=verify-full`` and
-``sslrootcert`` in the URL for psycopg and psycopg2, an ``ssl.SSLContext`` in
-``connect_args`` for pg8000 (``ssl_context``) and asyncpg (``ssl``). A context
+CA), with the settings docs/guides/rotation.md documents: libpq's
+``sslmode=verify-full`` and ``sslrootcert`` in the URL for psycopg and psycopg2,
+an ``ssl.SSLContext`` in ``connect_args`` for pg8000 (``ssl_context``) and
+asyncpg (``ssl``). A context
 with another CA is refused, so verification really is on.
 """
 
@@ -44,7 +45,7 @@ def other_ca(tmp_path: Path) -> Path:
 
 
 def sync_engine(driver: str, ca: Path, secret_id: str) -> sqlalchemy.Engine:
-    """The engine as the README writes it for `driver`."""
+    """The engine as docs/guides/rotation.md writes it for `driver`."""
     if driver in ("psycopg", "psycopg2"):
         url = f"postgresql+{driver}://?sslmode=verify-full&sslrootcert={ca}"
         return rotating_pool.create_engine(url, secret_id=secret_id)

@@ -263,7 +263,7 @@ class SecretVersions:
         if code in _ACCESS_DENIED:
             return SecretAccessDeniedError(
                 f"{what} on secret {self.secret_id!r} was denied ({code}): see the IAM policy in "
-                "the README's rotation section",
+                "the deploy guide (docs/guides/deploy.md, IAM)",
                 secret_id=self.secret_id,
             )
         return error
