@@ -57,6 +57,39 @@ def test_no_directive_names_something_that_is_not_public():
     assert not extra, f"docs/reference/api.md documents names no package exports: {extra}"
 
 
+ERRORS_PAGE = ref.ROOT / "docs" / "reference" / "errors.md"
+
+
+def exported_errors() -> dict[str, type[BaseException]]:
+    found = {}
+    for package in ("rotating_pool", "rotating_pool.rotation"):
+        pkg = importlib.import_module(package)
+        for name in pkg.__all__:
+            value = getattr(pkg, name)
+            if isinstance(value, type) and issubclass(value, BaseException):
+                found[name] = value
+    return found
+
+
+def test_the_errors_page_names_every_error_with_its_base_classes():
+    text = ERRORS_PAGE.read_text()
+    tree = text[text.index("```text\n") : text.index("```\n", text.index("```text\n") + 8)]
+    problems = []
+    for name, error in exported_errors().items():
+        line = next((ln for ln in tree.splitlines() if re.search(rf"\b{name}\b", ln)), None)
+        if line is None:
+            problems.append(f"{name} is not in the hierarchy")
+            continue
+        builtins = [
+            b.__name__ for b in error.__bases__ if b.__module__ == "builtins" and b is not Exception
+        ]
+        if builtins and f"({', '.join(builtins)})" not in line:
+            problems.append(f"{name}: its line should say ({', '.join(builtins)})")
+        if not re.search(rf"`[\w.]*\b{name}`", text):
+            problems.append(f"{name} is in the tree but nothing on the page says when it is raised")
+    assert not problems, "docs/reference/errors.md: " + "; ".join(problems)
+
+
 def cli_sections() -> dict[str, str]:
     """Command ("" for rotating-pool itself) -> its section of the CLI page."""
     text = ref.CLI_PAGE.read_text()
