@@ -112,3 +112,20 @@ def test_the_cli_page_shows_every_option(command: str):
     missing = [opt for opt in ref.options(parser) if not re.search(rf"{re.escape(opt)}\b", section)]
     name = f"rotating-pool {command}".strip()
     assert not missing, f"docs/reference/cli.md's `{name}` lacks options {missing}: {REGENERATE}"
+
+
+LAMBDA_PAGE = ref.ROOT / "docs" / "reference" / "lambda-environment.md"
+HANDLER = ref.ROOT / "rotating_pool" / "rotation" / "handler.py"
+
+
+def test_the_lambda_environment_page_lists_what_the_handler_reads():
+    # tests/test_deploy_templates.py checks the template against the same table.
+    code = HANDLER.read_text()
+    read = set(re.findall(r'\bget\("([A-Z][A-Z0-9_]+)"', code))
+    read |= set(re.findall(r'\b(?:_number|_flag)\(env, "([A-Z][A-Z0-9_]+)"', code))
+    documented_names = set(re.findall(r"^\| `([A-Z][A-Z0-9_]+)` \|", LAMBDA_PAGE.read_text(), re.M))
+    assert len(read) >= 8
+    assert read == documented_names, (
+        f"read but not documented: {sorted(read - documented_names)}; "
+        f"documented but not read: {sorted(documented_names - read)}"
+    )
