@@ -1,8 +1,10 @@
 """The layout's rules, read from the source's import graph (ast; nothing is imported).
 
 - The core (the sans-I/O decisions) and the rotation side import nothing from
-  the test bed, directly or through another module: a production process never
-  loads moto's patches or a stand-in.
+  the test bed, directly or through another module; nor does any other module
+  outside it: a production process never loads moto's patches or a stand-in.
+- The core stays a core: what it loads of the package is the core, and it
+  imports no I/O, thread or client library.
 - No upward import: a submodule does not import names from its own package's
   ``__init__`` (or the package itself), which would tie the module to
   everything the package re-exports and invite import cycles. The exceptions
@@ -34,6 +36,11 @@ CORE = (
 )
 # The rotation side, deployed as the Lambda.
 ROTATION = ("rotating_pool.rotation.*",)
+# What the core never imports (top-level names): I/O, threads, the clients.
+NOT_IN_CORE = frozenset({
+    "asyncio", "boto3", "botocore", "fcntl", "http", "multiprocessing", "os", "psycopg",
+    "psycopg_pool", "socket", "sqlalchemy", "subprocess", "threading", "urllib", "urllib3",
+})
 
 # (module, what it imports from its package) -> why that upward import is kept.
 UPWARD_ALLOWED = {
@@ -108,11 +115,30 @@ def test_the_lists_name_modules_that_exist():
     assert any(in_package(m, STAND_INS) for m in known), f"{STAND_INS} is gone: rename it here"
 
 
-@pytest.mark.parametrize("side", ["core", "rotation"])
+@pytest.mark.parametrize("side", ["core", "rotation", "library"])
 def test_the_core_and_the_rotation_side_import_nothing_from_the_test_bed(side: str):
-    entries = {"core": CORE, "rotation": ROTATION}[side]
-    starts = expand(entries, known_modules())
+    known = known_modules()
+    starts = {
+        "core": expand(CORE, known),
+        "rotation": expand(ROTATION, known),
+        "library": {m for m in known if not in_package(m, STAND_INS)},
+    }[side]
     assert stand_in_imports(ROOT, starts) == []
+
+
+def test_the_core_loads_only_the_core_and_no_io_library():
+    known = known_modules()
+    core = expand(CORE, known)
+    loaded = closure(ROOT, PACKAGE, core)
+    assert loaded - core - {PACKAGE} == set()
+    edges = graph(ROOT, PACKAGE)
+    found = sorted(
+        f"{module} (line {imp.line}) imports {imp.target}"
+        for module in core
+        for imp in edges[module]
+        if imp.target.split(".")[0] in NOT_IN_CORE
+    )
+    assert found == []
 
 
 def test_no_module_imports_its_own_packages_init_names():
