@@ -623,3 +623,28 @@ def test_the_sessions_panel_draws_one_line_per_user() -> None:
     lines = {line.get_label(): list(line.get_ydata()) for line in axis.get_lines()}
     plt.close(figure)
     assert lines == {"sessions of app_a": [4, 2, 0], "sessions of app_b": [0, 2, 4]}
+
+
+def test_the_app_asks_for_verify_full_and_gets_no_setting_of_the_rotation_side(
+    tls_postgres: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import sqlalchemy  # noqa: PLC0415
+
+    from examples.fargate_sidecar.app_process import app_environment  # noqa: PLC0415
+    from examples.fargate_sidecar.scene import database_url, rotation_environment  # noqa: PLC0415
+
+    url = sqlalchemy.make_url(database_url(tls_postgres))
+    assert url.drivername == "postgresql+psycopg"
+    assert url.host is None and url.username is None  # the secret names them
+    assert dict(url.query) == {"sslmode": "verify-full", "sslrootcert": str(tls_postgres.ca_path)}
+    assert rotation_environment(tls_postgres) == {"SSL_ROOT_CERT": str(tls_postgres.ca_path)}
+
+    for name, value in {**rotation_environment(tls_postgres), "AWS_ACCESS_KEY_ID": "x"}.items():
+        monkeypatch.setenv(name, value)
+    agent = type("Agent", (), {"endpoint_url": "http://127.0.0.1:1"})()
+    args = type("Args", (), {"workers": 2, "retire_after": None})()
+    wanted = database_url(tls_postgres)
+    env = app_environment(agent, tmp_path / "token", args, database_url=wanted)  # type: ignore[arg-type]
+    assert env["DATABASE_URL"] == wanted
+    assert "SSL_ROOT_CERT" not in env
+    assert not {name for name in env if name.startswith("AWS_")} - {"AWS_TOKEN"}

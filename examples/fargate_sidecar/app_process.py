@@ -20,6 +20,9 @@ HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parents[1]
 APP_START_TIMEOUT = 60.0
 APP_STOP_TIMEOUT = 30.0
+# Settings of this process the app does not get: its own agent endpoint is set
+# below, and SSL_ROOT_CERT is the rotation function's (this process plays it).
+NOT_INHERITED = ("ROTATING_POOL_AGENT_ENDPOINT", "SSL_ROOT_CERT")
 
 
 @dataclass
@@ -44,7 +47,7 @@ def app_environment(
     env = {
         name: value
         for name, value in os.environ.items()
-        if not name.startswith("AWS_") and name != "ROTATING_POOL_AGENT_ENDPOINT"
+        if not name.startswith("AWS_") and name not in NOT_INHERITED
     }
     env.update(
         {
