@@ -52,8 +52,7 @@ FLOOR_TESTS = (
     "tests/test_rotation_under_load.py",
 )
 # What each leg prints the installed version of.
-DISTRIBUTIONS = ("SQLAlchemy", "psycopg", "psycopg-binary", "boto3", "botocore",
-                 "aws-secretsmanager-caching")
+DISTRIBUTIONS = ("SQLAlchemy", "psycopg", "psycopg-binary", "boto3", "botocore")
 
 
 @dataclass

@@ -2,12 +2,19 @@
 
     python deploy/build_lambda_zip.py --python 3.12 --arch x86_64   # or: make lambda-zip
 
-The zip holds `rotating_pool` (from its wheel, built from this checkout unless
-`--wheel` names one) and what `rotating_pool.rotation` imports: psycopg with its
-binary wheel (libpq included, so no layer is needed) and boto3. The client side's
-dependencies (SQLAlchemy, aws-secretsmanager-caching) are left out: the rotation
-side never imports them. Dependencies come as manylinux wheels from the package
-index, for the glibc of the function's runtime, whatever machine builds the zip.
+The zip holds what the handler (`rotating_pool.rotation`) imports and nothing
+else. Of `rotating_pool` (from its wheel, built from this checkout unless
+`--wheel` names one) only the modules the handler's import graph reaches are
+kept: the graph is read from the installed sources by `deploy/import_graph.py`
+(ast, nothing imported), so a module the rotation side starts to import is
+shipped without a list to keep up to date, and the client side (engines, store,
+agent source), the command line (`rotation/cli.py`, no use on Lambda) and the
+test bed (`rotating_pool.local`: moto's patches, the stand-ins) are left out.
+Of the dependencies, what the rotation side imports: psycopg with its binary
+wheel (libpq included, so no layer is needed) and boto3. The client side's
+(SQLAlchemy) are left out. Dependencies come as manylinux wheels from the
+package index, for the glibc of the function's runtime, whatever machine builds
+the zip.
 
 To keep the zip small, botocore's service models are cut down to the services the
 rotation calls (`BOTOCORE_SERVICES`; `--all-botocore-services` keeps them all).
@@ -37,6 +44,13 @@ import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+# Run as a script (`python deploy/build_lambda_zip.py`), the checkout is not on the path.
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from deploy.import_graph import closure  # noqa: E402
+
+PACKAGE = "rotating_pool"
 HANDLER_MODULE = "rotating_pool.rotation"
 
 # What rotating_pool.rotation imports beyond the standard library. Their version
@@ -128,6 +142,33 @@ def install(wheel: Path, target: Path, python: str, arch: str) -> None:
     shutil.rmtree(target / "bin", ignore_errors=True)
 
 
+def prune_package(target: Path) -> set[str]:
+    """Delete the package's modules the handler does not import (and files that are not
+    modules, such as py.typed); returns the modules kept. The wheel's RECORD is
+    rewritten to list what remains."""
+    keep = closure(target, PACKAGE, [HANDLER_MODULE])
+    root = target / PACKAGE
+    kept_files = set()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        parts = list(path.relative_to(target).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        if path.suffix == ".py" and ".".join(parts) in keep:
+            kept_files.add(path.relative_to(target).as_posix())
+        else:
+            path.unlink()
+    for directory in sorted((p for p in root.rglob("*") if p.is_dir()), reverse=True):
+        if not any(directory.iterdir()):
+            directory.rmdir()
+    for record in target.glob(f"{PACKAGE}-*.dist-info/RECORD"):
+        lines = record.read_text().splitlines()
+        record.write_text("".join(
+            f"{line}\n" for line in lines
+            if not line.startswith(f"{PACKAGE}/") or line.split(",")[0] in kept_files
+        ))
+    return keep
+
+
 def prune_botocore(target: Path, services: tuple[str, ...]) -> None:
     """Keep botocore's models of `services` only (and its top-level data files)."""
     data = target / "botocore" / "data"
@@ -198,6 +239,7 @@ def build(
         wheel = wheel or build_wheel(work / "wheel")
         target = work / "root"
         install(wheel, target, python, arch)
+        prune_package(target)
         if not all_botocore_services:
             prune_botocore(target, BOTOCORE_SERVICES)
         for extra in include:

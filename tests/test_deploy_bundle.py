@@ -22,10 +22,12 @@ import psycopg
 import pytest
 
 from deploy.build_lambda_zip import DEFAULT_PYTHON as LAMBDA_PYTHON
-from deploy.build_lambda_zip import find_interpreter
-from rotating_pool.local import LocalSecretsManager
+from deploy.build_lambda_zip import HANDLER_MODULE, find_interpreter
+from deploy.import_graph import closure, modules
 from rotating_pool.rotation import STEPS
 
+# The test bed's package (moto's patches, the stand-ins): never in the zip.
+STAND_INS = "rotating_pool.local"
 ROOT = Path(__file__).resolve().parents[1]
 BUILD_SCRIPT = ROOT / "deploy" / "build_lambda_zip.py"
 LOCAL_LAMBDA_ARN = "arn:aws:lambda:us-east-1:123456789012:function:rotating-pool-local-bundle"
@@ -113,13 +115,57 @@ def elf_machines(zip_path: Path) -> set[int]:
     return machines
 
 
+def zip_modules(zip_path: Path, package: str = "rotating_pool") -> set[str]:
+    """The dotted names of `package`'s modules (.py files) in the zip."""
+    with zipfile.ZipFile(zip_path) as archive:
+        names = [n for n in archive.namelist() if n.startswith(f"{package}/")]
+    found = set()
+    for name in names:
+        if name.endswith(".py"):
+            parts = name[: -len(".py")].split("/")
+            found.add(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
+    return found
+
+
 def test_the_zip_holds_the_rotation_side_and_its_dependencies_only(x86_zip: tuple[Path, str]):
     with zipfile.ZipFile(x86_zip[0]) as archive:
-        top = {name.split("/")[0] for name in archive.namelist()}
+        names = archive.namelist()
+    top = {name.split("/")[0] for name in names}
     assert {"rotating_pool", "psycopg", "psycopg_binary", "boto3", "botocore"} <= top
-    assert not top & {"sqlalchemy", "aws_secretsmanager_caching", "greenlet", "bin"}
+    # Neither the client side's dependencies nor the test bed's.
+    assert not top & {
+        "sqlalchemy", "aws_secretsmanager_caching", "greenlet", "moto", "werkzeug", "flask",
+        "cryptography", "bin",
+    }
     assert "size" in x86_zip[1]
     assert "cold import" in x86_zip[1]
+
+
+def test_the_zip_holds_the_modules_the_handler_imports_and_no_other(x86_zip: tuple[Path, str]):
+    shipped = zip_modules(x86_zip[0])
+    wanted = closure(ROOT, "rotating_pool", [HANDLER_MODULE])
+    assert shipped == wanted
+    # What that leaves out, named: the test bed, the client side, the command line.
+    every = set(modules(ROOT, "rotating_pool"))
+    stand_ins = {m for m in every if m == STAND_INS or m.startswith(f"{STAND_INS}.")}
+    assert stand_ins, f"{STAND_INS} has no modules: is the constant stale?"
+    assert not shipped & stand_ins
+    assert not shipped & {"rotating_pool.engine", "rotating_pool.store", "rotating_pool.agent",
+                          "rotating_pool.rotation.cli"}
+    with zipfile.ZipFile(x86_zip[0]) as archive:
+        stray = [
+            n for n in archive.namelist()
+            if n.startswith("rotating_pool/") and not n.endswith((".py", ".pyc"))
+        ]
+        record = next(
+            archive.read(n).decode() for n in archive.namelist()
+            if n.startswith("rotating_pool-") and n.endswith(".dist-info/RECORD")
+        )
+    assert stray == []  # py.typed and the like: no use to the function
+    # The wheel's RECORD lists what is there, not what was pruned.
+    recorded = {line.split(",")[0] for line in record.splitlines()}
+    assert "rotating_pool/rotation/handler.py" in recorded
+    assert not {r for r in recorded if r.startswith(STAND_INS.replace(".", "/") + "/")}
 
 
 def test_x86_64_wheels_are_manylinux_for_the_runtime(x86_zip: tuple[Path, str]):
@@ -145,7 +191,7 @@ def test_the_unpacked_zip_rotates_the_secret_on_the_runtimes_python(
     unpacked: Path,
     make_secret: Callable[[str], str],
     sm_client: Any,
-    secretsmanager: LocalSecretsManager,
+    secretsmanager: Any,  # the bed's LocalSecretsManager
     strategy: str,
 ):
     interpreter = target_interpreter()
@@ -168,6 +214,9 @@ def test_the_unpacked_zip_rotates_the_secret_on_the_runtimes_python(
     assert report["version"] == [int(n) for n in LAMBDA_PYTHON.split(".")]
     assert report["psycopg_impl"] == "binary"
     assert "rotating_pool.rotation.handler" in report["from_zip"]
+    # Every module of the package the zip ships is one the rotation loaded.
+    loaded = {m for m in report["from_zip"] if m.split(".")[0] == "rotating_pool"}
+    assert loaded == set(modules(unpacked, "rotating_pool"))
     assert "botocore" in report["from_zip"]
     assert report["elsewhere"] == []
     stages = sm_client.describe_secret(SecretId=secret_id)["VersionIdsToStages"]

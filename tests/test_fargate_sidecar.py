@@ -34,8 +34,7 @@ from botocore.model import StructureShape
 from botocore.validate import ParamValidator
 
 from examples.fargate_sidecar import init_token
-from rotating_pool.local import LocalAgent
-from rotating_pool.local._process import free_port, log_tail
+from rotating_pool.local import LocalAgent, free_port, log_tail
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "fargate_sidecar"
@@ -581,6 +580,10 @@ def test_local_runner_quick_mode_loses_no_request_and_no_write(tmp_path: Path) -
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
     assert "LOCAL STAND-IN for the AWS Secrets Manager Agent" in output
+    # The production path: a TLS-only server, every login verify-full, no warning.
+    assert "serves TLS only" in output
+    assert "TLS is off" not in output
+    assert not [line for line in output.splitlines() if line.startswith("WARNING")]
     assert re.search(r"failed requests\s+0\n", output), output[-3000:]
     rows = re.search(r"rows in the table\s+([\d,]+)\s+vs 2xx write answers ([\d,]+): equal", output)
     assert rows, output[-3000:]
@@ -607,7 +610,8 @@ def test_the_sessions_panel_draws_one_line_per_user() -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
-    from examples.fargate_sidecar.run_local import SessionSample, plot_sessions  # noqa: PLC0415
+    from examples.fargate_sidecar.chart import plot_sessions  # noqa: PLC0415
+    from examples.fargate_sidecar.sessions import SessionSample  # noqa: PLC0415
 
     samples = [
         SessionSample(0.5, {"app_a": 4}),
@@ -619,3 +623,28 @@ def test_the_sessions_panel_draws_one_line_per_user() -> None:
     lines = {line.get_label(): list(line.get_ydata()) for line in axis.get_lines()}
     plt.close(figure)
     assert lines == {"sessions of app_a": [4, 2, 0], "sessions of app_b": [0, 2, 4]}
+
+
+def test_the_app_asks_for_verify_full_and_gets_no_setting_of_the_rotation_side(
+    tls_postgres: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import sqlalchemy  # noqa: PLC0415
+
+    from examples.fargate_sidecar.app_process import app_environment  # noqa: PLC0415
+    from examples.fargate_sidecar.scene import database_url, rotation_environment  # noqa: PLC0415
+
+    url = sqlalchemy.make_url(database_url(tls_postgres))
+    assert url.drivername == "postgresql+psycopg"
+    assert url.host is None and url.username is None  # the secret names them
+    assert dict(url.query) == {"sslmode": "verify-full", "sslrootcert": str(tls_postgres.ca_path)}
+    assert rotation_environment(tls_postgres) == {"SSL_ROOT_CERT": str(tls_postgres.ca_path)}
+
+    for name, value in {**rotation_environment(tls_postgres), "AWS_ACCESS_KEY_ID": "x"}.items():
+        monkeypatch.setenv(name, value)
+    agent = type("Agent", (), {"endpoint_url": "http://127.0.0.1:1"})()
+    args = type("Args", (), {"workers": 2, "retire_after": None})()
+    wanted = database_url(tls_postgres)
+    env = app_environment(agent, tmp_path / "token", args, database_url=wanted)  # type: ignore[arg-type]
+    assert env["DATABASE_URL"] == wanted
+    assert "SSL_ROOT_CERT" not in env
+    assert not {name for name in env if name.startswith("AWS_")} - {"AWS_TOKEN"}

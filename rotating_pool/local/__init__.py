@@ -20,8 +20,10 @@ Debian's packages.
   asks for a cleartext password and records what it gets, or a dead one that
   never answers.
 - `CertificateAuthority`: a throwaway CA for `LocalPostgres(tls=True)`.
+- `free_port`, `log_tail`: a free local TCP port; the end of a child's log file.
 """
 
+from rotating_pool.local._process import free_port, log_tail
 from rotating_pool.local.agent import LocalAgent
 from rotating_pool.local.hostile import HostileServer, StartupRecord
 from rotating_pool.local.pgbouncer import LocalPgBouncer
@@ -45,5 +47,7 @@ __all__ = [
     "StartupRecord",
     "WriteLoad",
     "WriteLoadResult",
+    "free_port",
+    "log_tail",
     "static_url",
 ]
