@@ -22,18 +22,10 @@ from sqlalchemy import event
 from sqlalchemy.engine import Dialect, Engine
 
 from rotating_pool.agent import AgentSource
-from rotating_pool.errors import AlreadyAttachedError, ConfigurationError, LoginRejectedError
-from rotating_pool.policy import (
-    Connect,
-    Load,
-    Recheck,
-    Refetch,
-    RetryBudget,
-    Wait,
-    is_login_rejection,
-    login_plan,
-)
-from rotating_pool.retire import Retirement, poll_interval, record_login, validate_retire_after
+from rotating_pool.connect import login as login_through
+from rotating_pool.core.plan import RetryBudget
+from rotating_pool.errors import AlreadyAttachedError, ConfigurationError
+from rotating_pool.retire import Retirement, record_login, validate_retire_after
 from rotating_pool.secret import Credentials
 from rotating_pool.sources import SecretsManagerSource, SecretSource
 from rotating_pool.store import CredentialStore, Stats
@@ -176,10 +168,12 @@ def attach(
     `sqlalchemy.create_engine`: existing `Session` and `sessionmaker` code is
     untouched. Connections already in the pool are kept.
 
-    Engines of one process that read the same secret with the same options
-    share their credentials: a rotation costs one refetch per process, however
-    many engines (writer and reader, sync and async) use the secret, and
-    `stats` counts for all of them together.
+    Engines of one process that read the same secret from the same source
+    share their credentials, whatever their `retry`, `refresh_interval` or
+    `retire_after`: a rotation costs one refetch per process, however many
+    engines (writer and reader, sync and async) use the secret, the secret is
+    refreshed at the smallest interval any of them asks for, and `stats`
+    counts for all of them together.
 
     Args:
         engine: a `sqlalchemy.Engine` (or `AsyncEngine`) with a PostgreSQL dialect.
@@ -228,9 +222,6 @@ def attach(
             "(make a second engine for a second secret)"
         )
     retire_after = validate_retire_after(retire_after)
-    if retire_after is not None and isinstance(refresh_interval, int | float):
-        # Retirement must notice a rotation by itself: a busy pool makes no logins.
-        refresh_interval = min(refresh_interval, poll_interval(retire_after))
     store = _store_for(secret_id, client, refresh_interval, use_pending, source)
     if retry is None:
         retry = RetryBudget()
@@ -287,12 +278,15 @@ def _store_for(
     use_pending: bool,
     source: SecretSource | SourceName | None,
 ) -> CredentialStore:
-    """The process's store for this secret read this way, made on first use.
+    """The process's store for this secret read from this source, made on first use.
 
-    Engines that read the same secret the same way (a writer and a reader
-    engine, say) share one store, so a rotation costs one refetch per process
-    however many engines there are. A client or source you pass is part of the
-    key by identity: the store keeps it alive, so the identity stays unique.
+    Engines that read the same secret from the same source (a writer and a
+    reader engine, say) share one store whatever their other settings, so a
+    rotation costs one refetch per process however many engines there are. The
+    store refreshes at the smallest interval any of them asks for; retry
+    budgets and retirement stay each engine's own (on its hook). A client or
+    source you pass is part of the key by identity: the store keeps it alive,
+    so the identity stays unique.
     """
     if isinstance(refresh_interval, bool) or not isinstance(refresh_interval, int | float):
         raise ConfigurationError(
@@ -312,10 +306,12 @@ def _store_for(
         how = ("agent", made.endpoint)
     else:
         how = ("secretsmanager", id(client))
-    key = (secret_id, how, refresh_interval, use_pending)
+    key = (secret_id, how, use_pending)
     with _stores_lock:
         store = _stores.get(key)
-        if store is None:
+        if store is not None:
+            store.refresh_at_least_every(float(refresh_interval))
+        else:
             store = CredentialStore(
                 made, refresh_interval=refresh_interval, use_pending=use_pending
             )
@@ -369,9 +365,32 @@ class _ConnectHook:
         self.timeout_key = _TIMEOUT_KEY.get(dialect.driver, "connect_timeout")
         self.waits: Waits = GreenletWaits() if dialect.is_async else BlockingWaits()
         self.retirement: Retirement | None = None
+        self._prepared: tuple[Credentials, int, dict[str, Any], dict[str, Any]] | None = None
 
     def __repr__(self) -> str:
         return f"<rotating_pool hook for secret {self.store.secret_id!r}>"
+
+    def _params(
+        self, cparams: dict[str, Any], credentials: Credentials, timeout: int
+    ) -> dict[str, Any]:
+        """`connect_params`, built once per credentials change (and per change
+        of the engine's own parameters or the login's time-out), not per connect.
+
+        The dict is shared by every connect that uses it and never written:
+        ``dialect.connect(**params)`` hands the driver a copy.
+        """
+        prepared = self._prepared
+        if (
+            prepared is not None
+            and prepared[0] is credentials
+            and prepared[1] == timeout
+            and prepared[2] == cparams
+        ):
+            return prepared[3]
+        params = connect_params(cparams, credentials, self.dbname_key, (self.timeout_key, timeout))
+        # One tuple: a racing thread sees the old or the new one whole.
+        self._prepared = (credentials, timeout, dict(cparams), params)
+        return params
 
     def __call__(
         self,
@@ -383,21 +402,15 @@ class _ConnectHook:
         # SQLAlchemy 2.0 hands every connect of an engine the same cparams
         # dict (2.1 a copy): it is read here, never written, so concurrent
         # logins cannot mix one user with another's password.
-        watch = telemetry().watch_connect(self.store.secret_id)
 
-        def login(credentials: Credentials, timeout: int) -> DBAPIConnection:
-            params = connect_params(
-                cparams, credentials, self.dbname_key, (self.timeout_key, timeout)
-            )
-            with watch.attempt(credentials):
-                connection = dialect.connect(*cargs, **params)
+        def connect(credentials: Credentials, timeout: int) -> DBAPIConnection:
+            connection = dialect.connect(*cargs, **self._params(cparams, credentials, timeout))
             if dialect.driver == "pg8000":
                 _keep_pg8000_timeout(connection, cparams.get("timeout"))
             record_login(conn_rec, credentials)  # for retirement; never the password
             return connection
 
-        with watch:
-            return connect_with_recovery(self.store, self.budget, login, self.waits)
+        return login_through(self.store, self.budget, connect, waits=self.waits)
 
 
 def connect_params(
@@ -457,72 +470,8 @@ def connect_with_recovery(
     login: Callable[[Credentials, int], T],
     waits: Waits | None = None,
 ) -> T:
-    """Carry out `rotating_pool.policy.login_plan`: load, log in, and recover from refusals.
-
-    `login(credentials, timeout)` opens a connection; `waits` says how to wait
-    (blocking, or awaiting for async engines).
-    """
-    waits = waits or BlockingWaits()
-    plan = login_plan(store.held(), secret_id=store.secret_id, budget=budget)
-    action = next(plan)
-    refused = 0
-    while True:
-        answer: Any
-        if isinstance(action, Connect):
-            store.count("logins")
-            try:
-                connection = login(action.credentials, action.timeout)
-            except Exception as error:
-                if is_login_rejection(error):
-                    refused += 1
-                    store.count("rejected_logins")
-                    _log_refusal(store, action.credentials)
-                answer = error
-            else:
-                plan.close()
-                if refused:
-                    store.confirm(action.credentials)
-                    store.count("recovered_logins")
-                    _log_recovery(store, action.credentials, refused)
-                return connection
-        elif isinstance(action, Refetch):
-            flight = store.join_refetch(action.rejected, action.reuse_for)
-            answer = waits.answer(store, flight, action.timeout)
-        elif isinstance(action, Load):
-            answer = waits.answer(store, store.join_load(), action.timeout)
-        elif isinstance(action, Recheck):
-            answer = store.held_instead_of(action.rejected)
-        else:
-            assert isinstance(action, Wait)
-            waits.sleep(action.seconds)
-            answer = None
-        try:
-            action = plan.send(answer)
-        except LoginRejectedError:
-            store.count("failed_recoveries")
-            logger.error("secret %r: giving up on the login", store.secret_id, exc_info=False)
-            raise
-
-
-def _log_refusal(store: CredentialStore, credentials: Credentials) -> None:
-    logger.info(
-        "secret %r: the database refused user %r (version %s, %s); looking for new credentials",
-        store.secret_id,
-        credentials.username,
-        credentials.version_id or "from the cache",
-        credentials.stage,
-    )
-
-
-def _log_recovery(store: CredentialStore, credentials: Credentials, refused: int) -> None:
-    logger.info(
-        "secret %r: logged in as %r (version %s, %s) after %d refused login(s)",
-        store.secret_id,
-        credentials.username,
-        credentials.version_id or "from the cache",
-        credentials.stage,
-        refused,
-    )
+    """Kept for existing callers: `rotating_pool.connect.login`."""
+    return login_through(store, budget, login, waits=waits)
 
 
 def _dispose_after_fork() -> None:
