@@ -20,6 +20,10 @@ variable                   default     meaning
                                        replicas (CNAMEs, custom endpoints)
 ``ALLOW_MD5``              ``false``   ``true``: also accept MD5 password
                                        authentication (never cleartext)
+``ALLOWED_ROLES``          (unset)     the pin: comma-separated role names, or
+                                       prefixes ending in ``*``, that this function
+                                       may ever give a new password; unset: any role
+                                       that passes the database checks
 =========================  ==========  ==============================================
 
 ``SSL_ROOT_CERT`` defaults to ``/etc/pki/tls/cert.pem``, the Lambda runtime's
@@ -31,6 +35,7 @@ Each step keeps within the invocation's remaining time
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 from collections.abc import Mapping
@@ -55,7 +60,8 @@ def rotator_from_environment(environ: Mapping[str, str] | None = None) -> Rotato
     """A `Rotator` configured from the environment variables above.
 
     Raises:
-        RotationConfigError: a variable is not a valid number.
+        RotationConfigError: a variable is not a valid (finite) number, or
+            ``ALLOWED_ROLES`` has a malformed entry.
     """
     global _cached
     env = os.environ if environ is None else environ
@@ -68,6 +74,8 @@ def rotator_from_environment(environ: Mapping[str, str] | None = None) -> Rotato
         allow_md5=_flag(env, "ALLOW_MD5"),
         allowed_hosts=[env.get("ALLOWED_HOSTS", "")],
         root_cert_setting="SSL_ROOT_CERT",
+        allowed_roles=[env.get("ALLOWED_ROLES", "")],
+        role_pin_setting="ALLOWED_ROLES",
     )
     key = (exclude, length, timeout, endpoint, security)
     with _cache_lock:
@@ -89,6 +97,9 @@ def rotator_from_environment(environ: Mapping[str, str] | None = None) -> Rotato
         return rotator
 
 
+_EVENT_KEYS = ("SecretId", "ClientRequestToken", "Step")
+
+
 def lambda_handler(event: Mapping[str, Any], context: object) -> None:
     """Run the step Secrets Manager asks for.
 
@@ -107,20 +118,46 @@ def lambda_handler(event: Mapping[str, Any], context: object) -> None:
     if logger.level == logging.NOTSET:
         # The Lambda runtime's root logger is at WARNING; step logs are INFO.
         logger.setLevel(level if isinstance(logging.getLevelName(level), int) else "INFO")
-    missing = [k for k in ("SecretId", "ClientRequestToken", "Step") if not event.get(k)]
+    secret_id, token, step = _event_fields(event)
+    remaining = getattr(context, "get_remaining_time_in_millis", None)
+    rotator_from_environment().run_step(
+        secret_id,
+        token,
+        step,
+        time_left=remaining() / 1000 if callable(remaining) else None,
+    )
+
+
+def _event_fields(event: object) -> tuple[str, str, str]:
+    """SecretId, ClientRequestToken and Step of a Secrets Manager event.
+
+    Raises:
+        RotationConfigError: the event is not an object, lacks a key, or a
+            value is not a non-empty string.
+    """
+    shape = 'Secrets Manager with {"SecretId": ..., "ClientRequestToken": ..., "Step": ...}'
+    if not isinstance(event, Mapping):
+        raise RotationConfigError(
+            f"the rotation event is a {type(event).__name__}, not an object: this function must "
+            f"be invoked by {shape}",
+            key="event",
+        )
+    missing = [k for k in _EVENT_KEYS if not event.get(k)]
     if missing:
         raise RotationConfigError(
             f"the rotation event lacks {', '.join(missing)}: this function must be invoked by "
-            'Secrets Manager with {"SecretId", "ClientRequestToken", "Step"}',
+            f"{shape}",
             key=missing[0],
         )
-    remaining = getattr(context, "get_remaining_time_in_millis", None)
-    rotator_from_environment().run_step(
-        str(event["SecretId"]),
-        str(event["ClientRequestToken"]),
-        str(event["Step"]),
-        time_left=remaining() / 1000 if callable(remaining) else None,
-    )
+    wrong = [k for k in _EVENT_KEYS if not isinstance(event[k], str)]
+    if wrong:
+        raise RotationConfigError(
+            f"the rotation event's {', '.join(wrong)} must be strings, not "
+            f"{', '.join(type(event[k]).__name__ for k in wrong)}: this function must be invoked "
+            f"by {shape}",
+            key=wrong[0],
+        )
+    return event["SecretId"], event["ClientRequestToken"], event["Step"]
 
 
 def _flag(env: Mapping[str, str], name: str) -> bool:
@@ -135,8 +172,14 @@ def _flag(env: Mapping[str, str], name: str) -> bool:
 def _number(env: Mapping[str, str], name: str, default: str, kind: type[int] | type[float]) -> Any:
     raw = env.get(name, default)
     try:
-        return kind(raw)
+        value = kind(raw)
     except ValueError:
         raise RotationConfigError(
             f"environment variable {name}={raw!r} is not a number", key=name
         ) from None
+    if not math.isfinite(value):
+        # float() reads "nan" and "inf", which pass every later comparison or overflow.
+        raise RotationConfigError(
+            f"environment variable {name}={raw!r} must be a finite number", key=name
+        )
+    return value

@@ -29,7 +29,7 @@ import botocore.exceptions
 from psycopg import sql
 
 from rotating_pool.rotation.database import LoginOptions
-from rotating_pool.rotation.deadline import Deadline
+from rotating_pool.rotation.deadline import Deadline, check_seconds
 from rotating_pool.rotation.errors import (
     RoleSetupError,
     RotationConfigError,
@@ -153,15 +153,16 @@ class Rotator:
         security: SecuritySettings | None = None,
         rds_client: RDSClient | None = None,
     ) -> None:
-        if not 8 <= password_length <= 4096:
+        if (
+            isinstance(password_length, bool)
+            or not isinstance(password_length, int)
+            or not 8 <= password_length <= 4096
+        ):
             raise RotationConfigError(
                 f"password_length must be between 8 and 4096, not {password_length}",
                 key="password_length",
             )
-        if connect_timeout <= 0:
-            raise RotationConfigError(
-                f"connect_timeout must be positive, not {connect_timeout}", key="connect_timeout"
-            )
+        connect_timeout = check_seconds(connect_timeout, key="connect_timeout")
         self._client = client
         self._rds = rds_client
         self._client_lock = threading.Lock()
@@ -405,6 +406,8 @@ class Rotator:
             # Refuse a secret whose admin would log in elsewhere before staging anything.
             strategy.admin_login(ctx, current)
         username = strategy.pending_username(ctx.secret_id, current.credentials)
+        # The deployer's pin, before anything is staged (setSecret checks it again).
+        ctx.options.security.role_pin.check(username, secret_id=ctx.secret_id)
         password = random_password(
             ctx.client,
             length=self.password_length,
