@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import math
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -30,16 +31,25 @@ from rotating_pool.rotation import (
     BootstrapPlan,
     DatabaseLoginError,
     RoleRefusedError,
+    RotationConfigError,
     RotationStateError,
     Rotator,
+    SecretStatus,
     SecuritySettings,
     Strategy,
     TLSSetupError,
+    UserStatus,
+    VersionStatus,
     bootstrap,
     lambda_handler,
+    rotator_from_environment,
 )
 from rotating_pool.rotation.cli import main
+from rotating_pool.rotation.database import LoginOptions
+from rotating_pool.rotation.deadline import Deadline
 from rotating_pool.rotation.pin import RolePin
+from rotating_pool.rotation.status import CredentialSessions
+from tests.rotation_env import invoke, set_lambda_env
 
 LOCAL_LAMBDA_ARN = "arn:aws:lambda:us-east-1:123456789012:function:rotating-pool-local-trust"
 _counter = itertools.count()
@@ -71,11 +81,7 @@ def lambda_env(
     tls_postgres: LocalPostgres,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    for name, value in secretsmanager.env().items():
-        monkeypatch.setenv(name, value)
-    for name in ("CONNECT_TIMEOUT", "ALLOWED_HOSTS", "ALLOW_MD5", "ALLOWED_ROLES"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("SSL_ROOT_CERT", str(tls_postgres.ca_path))
+    set_lambda_env(monkeypatch, secretsmanager, tls_postgres)
 
 
 def make_app(
@@ -222,10 +228,6 @@ VICTIMS: dict[str, Callable[[LocalPostgres, App], Victim]] = {
 }
 
 
-def invoke(secret_id: str, token: str, step: str) -> None:
-    lambda_handler({"SecretId": secret_id, "ClientRequestToken": token, "Step": step}, None)
-
-
 @pytest.mark.parametrize("case", list(VICTIMS))
 def test_a_tampered_secret_gets_no_password_for_a_role_outside_the_app(
     sm_client: Any,
@@ -303,62 +305,90 @@ def test_legitimate_rotations_pass_the_check(
         assert logs_in(tls_postgres, document["username"], document["password"], app.schema.dbname)
 
 
-def test_a_nologin_second_user_that_is_not_fresh_is_refused(
-    sm_client: Any, tls_postgres: LocalPostgres
-) -> None:
-    """A NOLOGIN role with a member is a group: LOGIN would hand out its members' keys."""
-    app = make_app(sm_client, tls_postgres, "superuser")
-    member = f"tr_{app.n}_member"
-    create_role(tls_postgres, member, "NOLOGIN", app.schema.users[1])
-    with pytest.raises(RoleRefusedError) as refused:
-        Rotator(sm_client, security=security(tls_postgres)).rotate(app.secret_id)
-    assert refused.value.checks == ("not_login_capable",)
-    with tls_postgres.admin_connect() as conn:
-        row = conn.execute(
-            "SELECT rolcanlogin FROM pg_roles WHERE rolname = %s", [app.schema.users[1]]
-        ).fetchone()
-    assert row == (False,)
+def ident(name: str) -> sql.Identifier:
+    return sql.Identifier(name)
 
 
-def test_a_group_role_that_can_log_in_is_refused(
-    sm_client: Any, tls_postgres: LocalPostgres
-) -> None:
-    app = make_app(sm_client, tls_postgres, "superuser")
-    with tls_postgres.admin_connect() as conn:
-        conn.execute(sql.SQL("ALTER ROLE {} LOGIN").format(sql.Identifier(app.schema.role)))
-    with pytest.raises(RoleRefusedError) as refused:
-        Rotator(sm_client, security=security(tls_postgres)).rotate(app.secret_id)
-    assert refused.value.checks == ("group_can_log_in",)
-
-
-def test_a_user_holding_admin_option_is_refused(
-    sm_client: Any, tls_postgres: LocalPostgres
-) -> None:
-    app = make_app(sm_client, tls_postgres, "superuser")
-    other = f"tr_{app.n}_granted"
-    create_role(tls_postgres, other, "NOLOGIN")
-    with tls_postgres.admin_connect() as conn:
-        conn.execute(
-            sql.SQL("GRANT {} TO {} WITH ADMIN OPTION").format(
-                sql.Identifier(other), sql.Identifier(app.schema.users[1])
+# Each: strategy, statements that make the app's own roles unfit, the check
+# expected to refuse.
+UNFIT_SETUPS: dict[str, tuple[str, Callable[[App], list[sql.Composed]], str]] = {
+    # A NOLOGIN role with a member is a group: LOGIN would let one log in as it.
+    "nologin-second-user-with-a-member": (
+        "alternating",
+        lambda app: [
+            sql.SQL("CREATE ROLE {} NOLOGIN").format(ident(f"tr_{app.n}_m")),
+            sql.SQL("GRANT {} TO {}").format(ident(app.schema.users[1]), ident(f"tr_{app.n}_m")),
+        ],
+        "not_login_capable",
+    ),
+    "nologin-second-user-owning-a-database": (
+        "alternating",
+        lambda app: [
+            sql.SQL("CREATE DATABASE {} OWNER {}").format(
+                ident(f"tr_{app.n}_db"), ident(app.schema.users[1])
             )
-        )
-    with pytest.raises(RoleRefusedError) as refused:
-        Rotator(sm_client, security=security(tls_postgres)).rotate(app.secret_id)
-    assert refused.value.checks == ("admin_option",)
+        ],
+        "not_login_capable",
+    ),
+    "group-role-that-can-log-in": (
+        "alternating",
+        lambda app: [sql.SQL("ALTER ROLE {} LOGIN").format(ident(app.schema.role))],
+        "group_can_log_in",
+    ),
+    "group-role-member-of-a-pg-role": (
+        "alternating",
+        lambda app: [sql.SQL("GRANT pg_monitor TO {}").format(ident(app.schema.role))],
+        "member_of_privileged_role",
+    ),
+    "user-holding-admin-option": (
+        "alternating",
+        lambda app: [
+            sql.SQL("CREATE ROLE {} NOLOGIN").format(ident(f"tr_{app.n}_g")),
+            sql.SQL("GRANT {} TO {} WITH ADMIN OPTION").format(
+                ident(f"tr_{app.n}_g"), ident(app.schema.users[1])
+            ),
+        ],
+        "admin_option",
+    ),
+    "user-member-of-a-createdb-role-through-another": (
+        "alternating",
+        lambda app: [
+            sql.SQL("CREATE ROLE {} NOLOGIN CREATEDB").format(ident(f"tr_{app.n}_top")),
+            sql.SQL("CREATE ROLE {} NOLOGIN").format(ident(f"tr_{app.n}_mid")),
+            sql.SQL("GRANT {} TO {}").format(ident(f"tr_{app.n}_top"), ident(f"tr_{app.n}_mid")),
+            sql.SQL("GRANT {} TO {}").format(ident(f"tr_{app.n}_mid"), ident(app.schema.users[1])),
+        ],
+        "member_of_privileged_role",
+    ),
+    "single-user-member-of-a-pg-role": (
+        "single",
+        lambda app: [sql.SQL("GRANT pg_read_all_data TO {}").format(ident(app.schema.users[0]))],
+        "member_of_privileged_role",
+    ),
+}
 
 
-def test_a_single_user_that_is_privileged_is_refused_on_its_own_session(
-    sm_client: Any, tls_postgres: LocalPostgres
+@pytest.mark.parametrize("case", list(UNFIT_SETUPS))
+def test_an_unfit_app_role_is_refused_naming_the_check(
+    sm_client: Any, tls_postgres: LocalPostgres, case: str
 ) -> None:
-    app = make_app(sm_client, tls_postgres, "superuser", "single")
-    user = app.schema.users[0]
+    strategy, statements, check = UNFIT_SETUPS[case]
+    app = make_app(sm_client, tls_postgres, "superuser", strategy)
     with tls_postgres.admin_connect() as conn:
-        conn.execute(sql.SQL("GRANT pg_read_all_data TO {}").format(sql.Identifier(user)))
+        for statement in statements(app):
+            conn.execute(statement)
     with pytest.raises(RoleRefusedError) as refused:
         Rotator(sm_client, security=security(tls_postgres)).rotate(app.secret_id)
-    assert refused.value.checks == ("member_of_privileged_role",)
-    assert logs_in(tls_postgres, user, app.schema.passwords[user], app.schema.dbname)
+    assert refused.value.checks == (check,)
+    if strategy == "single":
+        user = app.schema.users[0]
+        assert logs_in(tls_postgres, user, app.schema.passwords[user], app.schema.dbname)
+    else:
+        with tls_postgres.admin_connect() as conn:
+            row = conn.execute(
+                "SELECT rolcanlogin FROM pg_roles WHERE rolname = %s", [app.schema.users[1]]
+            ).fetchone()
+        assert row == (False,)  # the second user was not given LOGIN
 
 
 # -- the pin -------------------------------------------------------------------
@@ -555,3 +585,126 @@ def test_a_socket_host_with_ssl_false_rotates_and_says_tls_is_off(
     assert 'login ("ssl": false in the secret)' in caplog.text and "TLS is off" in caplog.text
     new = current_document(sm_client, app.secret_id)
     assert logs_in(tls_postgres, new["username"], new["password"], app.schema.dbname)
+
+
+# -- typed errors for bad input ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        ["SecretId", "ClientRequestToken", "Step"],
+        None,
+        "createSecret",
+        {"SecretId": 5, "ClientRequestToken": "t", "Step": "createSecret"},
+        {"SecretId": "s", "ClientRequestToken": "t", "Step": ["createSecret"]},
+    ],
+    ids=["list", "none", "string", "number-secret-id", "list-step"],
+)
+def test_a_bad_event_shape_is_a_typed_error(lambda_env: None, event: Any) -> None:
+    with pytest.raises(RotationConfigError, match="invoked by Secrets Manager with"):
+        lambda_handler(event, None)
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "NaN", "0", "-1", "1e9"])
+def test_a_non_finite_or_out_of_range_connect_timeout_is_a_typed_error(
+    lambda_env: None, monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("CONNECT_TIMEOUT", value)
+    with pytest.raises(RotationConfigError) as refused:
+        rotator_from_environment()
+    assert refused.value.key in ("CONNECT_TIMEOUT", "connect_timeout")
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "32.5"])
+def test_a_non_integer_password_length_is_a_typed_error(
+    lambda_env: None, monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("PASSWORD_LENGTH", value)
+    with pytest.raises(RotationConfigError, match="PASSWORD_LENGTH"):
+        rotator_from_environment()
+
+
+@pytest.mark.parametrize("seconds", [math.nan, math.inf, -math.inf, 0.0])
+def test_non_finite_seconds_are_refused_everywhere_they_are_taken(seconds: float) -> None:
+    with pytest.raises(RotationConfigError):
+        Rotator(connect_timeout=seconds)
+    with pytest.raises(RotationConfigError):
+        LoginOptions(SecuritySettings(), connect_timeout=seconds)
+    if seconds != 0.0:
+        with pytest.raises(RotationConfigError, match="time_left"):
+            Deadline.after(seconds)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["status", "--secret-id", "s", "--connect-timeout", "nan"],
+        ["rotate", "--secret-id", "s", "--connect-timeout", "inf"],
+        ["rotate", "--secret-id", "s", "--pause-before-finish", "inf"],
+        ["rotate", "--secret-id", "s", "--pause-before-finish", "nan"],
+    ],
+)
+def test_the_cli_refuses_non_finite_seconds(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(argv) == 2
+    assert "is not a number of seconds" in capsys.readouterr().err
+
+
+def test_a_pin_entry_that_pins_nothing_is_a_typed_error(
+    lambda_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ALLOWED_ROLES", "app_*, *")
+    with pytest.raises(RotationConfigError, match="ALLOWED_ROLES"):
+        rotator_from_environment()
+
+
+# -- status shows names and server messages with control characters escaped ---------
+
+ESCAPES = "\x1b]0;owned\x07\x1b[2J\r\u202e"
+CONTROLS = [ch for ch in ESCAPES if not ch.isprintable()]
+
+
+def test_status_text_escapes_control_characters_and_json_keeps_them() -> None:
+    status = SecretStatus(
+        secret_id="s",
+        arn="arn:x",
+        name=f"name{ESCAPES}",
+        rotation_enabled=True,
+        strategy="alternating",
+        role=f"role{ESCAPES}",
+        problem=f"problem{ESCAPES}",
+        versions=(
+            VersionStatus("v1", ("AWSCURRENT",), None, f"user{ESCAPES}", False, f"no{ESCAPES}"),
+        ),
+        users=(UserStatus(f"user{ESCAPES}", True, True, ("AWSCURRENT",), 1),),
+        database_error=f"db{ESCAPES}",
+        credential_sessions=(CredentialSessions(f"user{ESCAPES}", 1, 0),),
+    )
+    text = status.render()
+    for ch in CONTROLS:
+        assert ch not in text
+    assert "\\x1b]0;owned\\x07" in text and "\\u202e" in text
+    assert status.to_json()["versions"][0]["username"] == f"user{ESCAPES}"
+    assert json.loads(json.dumps(status.to_json()))["role"] == f"role{ESCAPES}"
+
+
+def test_status_escapes_a_hostile_username_and_the_servers_message_about_it(
+    sm_client: Any, tls_postgres: LocalPostgres, capsys: pytest.CaptureFixture[str]
+) -> None:
+    app = make_app(sm_client, tls_postgres, "superuser")
+    hostile_user = f"x{ESCAPES}"
+    put_current(
+        sm_client,
+        app.secret_id,
+        {**current_document(sm_client, app.secret_id), "username": hostile_user},
+    )
+    code = main(
+        ["status", "--secret-id", app.secret_id, "--ssl-root-cert", str(tls_postgres.ca_path)]
+    )
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "password authentication failed for user" in out  # the server's words, escaped
+    for ch in CONTROLS:
+        assert ch not in out

@@ -37,6 +37,7 @@ import psycopg
 from psycopg import sql
 
 from rotating_pool.errors import SecretNotFoundError
+from rotating_pool.rotation.clients import make_rds_client
 from rotating_pool.rotation.database import Login, LoginOptions, login, try_login
 from rotating_pool.rotation.errors import (
     PrivilegedRoleError,
@@ -46,7 +47,7 @@ from rotating_pool.rotation.errors import (
 from rotating_pool.rotation.hosts import AdminLogin, admin_login
 from rotating_pool.rotation.password import set_password
 from rotating_pool.rotation.role_check import check_role_to_rotate
-from rotating_pool.rotation.rotator import DEFAULT_EXCLUDE_CHARACTERS, make_rds_client
+from rotating_pool.rotation.rotator import DEFAULT_EXCLUDE_CHARACTERS
 from rotating_pool.rotation.security import SecuritySettings
 from rotating_pool.rotation.settings import Strategy, check_role_name
 from rotating_pool.rotation.versions import SecretVersions, random_password

@@ -29,9 +29,10 @@ from rotating_pool.rotation.bootstrap import (
     bootstrap_sql,
     create_database_sql,
 )
+from rotating_pool.rotation.clients import make_secretsmanager_client
 from rotating_pool.rotation.deadline import MAX_SECONDS, check_seconds
 from rotating_pool.rotation.errors import RotationConfigError
-from rotating_pool.rotation.rotator import _CLIENT_CONFIG, DEFAULT_EXCLUDE_CHARACTERS, Rotator
+from rotating_pool.rotation.rotator import DEFAULT_EXCLUDE_CHARACTERS, Rotator
 from rotating_pool.rotation.security import SYSTEM_ROOT_CERT, SecuritySettings
 from rotating_pool.rotation.settings import Strategy
 from rotating_pool.rotation.status import secret_status
@@ -374,9 +375,7 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _client() -> SecretsManagerClient:
-    import boto3  # noqa: PLC0415  (slow to import; only when a command needs it)
-
-    return boto3.session.Session().client("secretsmanager", config=_CLIENT_CONFIG)
+    return make_secretsmanager_client()
 
 
 @contextlib.contextmanager

@@ -41,8 +41,9 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
+from rotating_pool.rotation.clients import make_secretsmanager_client
 from rotating_pool.rotation.errors import RotationConfigError
-from rotating_pool.rotation.rotator import _CLIENT_CONFIG, DEFAULT_EXCLUDE_CHARACTERS, Rotator
+from rotating_pool.rotation.rotator import DEFAULT_EXCLUDE_CHARACTERS, Rotator
 from rotating_pool.rotation.security import LAMBDA_ROOT_CERT, SecuritySettings
 
 __all__ = ["lambda_handler", "rotator_from_environment"]
@@ -81,11 +82,7 @@ def rotator_from_environment(environ: Mapping[str, str] | None = None) -> Rotato
     with _cache_lock:
         if _cached is not None and _cached[0] == key:
             return _cached[1]
-        import boto3  # noqa: PLC0415  (slow to import; only when needed)
-
-        client = boto3.session.Session().client(
-            "secretsmanager", endpoint_url=endpoint, config=_CLIENT_CONFIG
-        )
+        client = make_secretsmanager_client(endpoint)
         rotator = Rotator(
             client,
             exclude_characters=exclude,

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from rotating_pool.errors import SecretError
+from rotating_pool.rotation.clients import make_rds_client
 from rotating_pool.rotation.database import APPLICATION_NAME, Login, LoginOptions, try_login
 from rotating_pool.rotation.errors import (
     AdminHostError,
@@ -26,7 +27,6 @@ from rotating_pool.rotation.errors import (
     TLSSetupError,
 )
 from rotating_pool.rotation.hosts import admin_login
-from rotating_pool.rotation.rotator import make_rds_client
 from rotating_pool.rotation.security import SecuritySettings, tls_wanted
 from rotating_pool.rotation.settings import RotationSettings
 from rotating_pool.rotation.status_text import render_status
