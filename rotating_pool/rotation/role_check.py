@@ -9,9 +9,11 @@ in the step that changes a password, on the session that will run
 - exist, and not be the admin running the check (``is_admin``);
 - be able to log in (``not_login_capable``); for alternating rotation a
   NOLOGIN user is accepted only as a *fresh* one, as the second user starts:
-  no role is a member of it and it owns nothing and holds no privilege of
-  its own (no ``pg_shdepend`` row names it), so granting it LOGIN gives
-  nothing but what the group role gives;
+  no role but the admin is a member of it (PostgreSQL 16 makes a CREATEROLE
+  role that creates another its member, with ADMIN OPTION) and it owns
+  nothing and holds no privilege of its own (no ``pg_shdepend`` row names
+  it, membership bookkeeping aside), so granting it LOGIN gives nothing but
+  what the group role gives;
 - have none of SUPERUSER, CREATEROLE, CREATEDB, REPLICATION, BYPASSRLS
   (``attribute``);
 - not be a member, directly or through other roles (``pg_auth_members``
@@ -75,10 +77,13 @@ SELECT 'user', 'not_login_capable', NULL
   FROM checked c JOIN pg_catalog.pg_roles r ON r.oid = c.oid
  WHERE c.who = 'user' AND NOT r.rolcanlogin
    AND (NOT %(nologin_ok)s
-        OR EXISTS (SELECT FROM pg_catalog.pg_auth_members m WHERE m.roleid = r.oid)
+        OR EXISTS (SELECT FROM pg_catalog.pg_auth_members m
+                    WHERE m.roleid = r.oid AND m.member NOT IN (
+                      SELECT oid FROM pg_catalog.pg_roles WHERE rolname = %(admin)s))
         OR EXISTS (SELECT FROM pg_catalog.pg_shdepend d
                     WHERE d.refclassid = 'pg_catalog.pg_authid'::regclass
-                      AND d.refobjid = r.oid))
+                      AND d.refobjid = r.oid
+                      AND d.classid <> 'pg_catalog.pg_auth_members'::regclass))
 UNION ALL
 SELECT 'rotation_role', 'group_can_log_in', NULL
   FROM checked c JOIN pg_catalog.pg_roles r ON r.oid = c.oid
