@@ -35,6 +35,7 @@ from rotating_pool.rotation import (
     TokenNotPendingError,
     lambda_handler,
 )
+from tests.rotation_env import invoke, set_lambda_env
 
 LOCAL_LAMBDA_ARN = "arn:aws:lambda:us-east-1:123456789012:function:rotating-pool-local-rotation"
 HOSTILE_ROLE = 'We\'re "The" App'
@@ -571,15 +572,7 @@ def lambda_env(
     secretsmanager: Any, tls_postgres: LocalPostgres, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The environment a deployed function would have, pointed at the test bed."""
-    for name, value in secretsmanager.env().items():
-        monkeypatch.setenv(name, value)
-    for name in ("EXCLUDE_CHARACTERS", "PASSWORD_LENGTH", "CONNECT_TIMEOUT", "ALLOWED_HOSTS"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("SSL_ROOT_CERT", str(tls_postgres.ca_path))
-
-
-def invoke(secret_id: str, token: str, step: str) -> None:
-    lambda_handler({"SecretId": secret_id, "ClientRequestToken": token, "Step": step}, None)
+    set_lambda_env(monkeypatch, secretsmanager, tls_postgres)
 
 
 @pytest.mark.parametrize("strategy", ["single", "alternating"])

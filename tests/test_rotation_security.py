@@ -43,13 +43,13 @@ from rotating_pool.rotation import (
     StepDeadlineError,
     TLSSetupError,
     bootstrap,
-    lambda_handler,
     rotator_from_environment,
     secret_status,
 )
 from rotating_pool.rotation.cli import main
 from rotating_pool.rotation.hosts import admin_login
 from rotating_pool.rotation.security import check_libpq
+from tests.rotation_env import invoke, set_lambda_env
 
 LOCAL_LAMBDA_ARN = "arn:aws:lambda:us-east-1:123456789012:function:rotating-pool-local-security"
 _counter = itertools.count()
@@ -117,21 +117,13 @@ class LambdaContext:
         return max(0, int((self._until - time.monotonic()) * 1000))
 
 
-def invoke(secret_id: str, token: str, step: str, context: object = None) -> None:
-    lambda_handler({"SecretId": secret_id, "ClientRequestToken": token, "Step": step}, context)
-
-
 @pytest.fixture
 def lambda_env(
     secretsmanager: LocalSecretsManager,
     tls_postgres: LocalPostgres,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    for name, value in secretsmanager.env().items():
-        monkeypatch.setenv(name, value)
-    for name in ("CONNECT_TIMEOUT", "ALLOWED_HOSTS", "ALLOW_MD5"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("SSL_ROOT_CERT", str(tls_postgres.ca_path))
+    set_lambda_env(monkeypatch, secretsmanager, tls_postgres)
 
 
 @pytest.fixture

@@ -354,9 +354,7 @@ class LocalAgent(LocalService):
         with self._lock:
             self._describe_calls += 1
         try:
-            stages = self._client.describe_secret(SecretId=cached["ARN"]).get(
-                "VersionIdsToStages"
-            )
+            stages = self._client.describe_secret(SecretId=cached["ARN"]).get("VersionIdsToStages")
         except Exception:  # the read that follows reports what is wrong
             return False
         if not stages:

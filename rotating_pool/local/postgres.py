@@ -285,6 +285,33 @@ class LocalPostgres(LocalService):
             document["ssl"] = False
         return document
 
+    def create_createrole_admin(self, name: str = "rds_master") -> dict[str, Any]:
+        """Create (or reset) an admin shaped as RDS's master user and return its
+        RDS-style secret document (`admin_document`'s shape).
+
+        RDS gives its master user CREATEROLE and CREATEDB and membership of
+        ``rds_superuser``, never SUPERUSER
+        (https://docs.aws.amazon.com/AmazonRDS/latest/UserGuide/Appendix.PostgreSQL.CommonDBATasks.Roles.html);
+        here ``rds_superuser`` is a plain NOLOGIN role standing in for RDS's.
+        On PostgreSQL 15 such a role may change the password of any role that
+        is not a superuser.
+        """
+        password = _new_password()
+        ident = sql.Identifier(name)
+        with self.admin_connect() as conn:
+            conn.execute(
+                "DO $$BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'rds_superuser')"
+                " THEN CREATE ROLE rds_superuser NOLOGIN; END IF; END$$"
+            )
+            exists = conn.execute(
+                "SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = %s", [name]
+            ).fetchone()
+            if exists is None:
+                conn.execute(sql.SQL("CREATE ROLE {} LOGIN CREATEROLE CREATEDB").format(ident))
+            conn.execute(sql.SQL("GRANT rds_superuser TO {}").format(ident))
+            _set_password(conn, name, password)
+        return {**self.admin_document(), "username": name, "password": password}
+
     def create_app_schema(
         self,
         role: str = "app",

@@ -12,6 +12,14 @@ Entry points: `lambda_handler` (deploy as an AWS Lambda), `Rotator.rotate`
 (`rotating_pool.rotation.cli`). It shares only the secret format
 (`rotating_pool.secret`) with the client side.
 
+Layout: `rotator` (the four steps, with the label checks), `strategies` (what
+each strategy does at createSecret and setSecret), `role_check` and `pin` (which
+roles a rotation may change: see docs/guides/rotation-trust.md),
+`local_rotation` (one whole rotation without a Lambda), `handler` (the Lambda
+entry point), `bootstrap`, `status` (gathering) and `status_text` (rendering),
+`cli`; below them `database`, `security`, `hosts`, `password`, `versions`,
+`settings`, `deadline`, `clients`, `errors`.
+
 >>> from rotating_pool.rotation import Rotator
 >>> rotator = Rotator()
 >>> # rotator.rotate("prod/app/db").durations
@@ -33,6 +41,7 @@ from rotating_pool.rotation.errors import (
     LoginAttempt,
     PasswordChangeError,
     PrivilegedRoleError,
+    RoleRefusedError,
     RoleSetupError,
     RotationConfigError,
     RotationError,
@@ -69,6 +78,7 @@ __all__ = [
     "LoginAttempt",
     "PasswordChangeError",
     "PrivilegedRoleError",
+    "RoleRefusedError",
     "RoleSetupError",
     "RotationConfigError",
     "RotationError",

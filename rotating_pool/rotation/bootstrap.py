@@ -37,6 +37,7 @@ import psycopg
 from psycopg import sql
 
 from rotating_pool.errors import SecretNotFoundError
+from rotating_pool.rotation.clients import make_rds_client
 from rotating_pool.rotation.database import Login, LoginOptions, login, try_login
 from rotating_pool.rotation.errors import (
     PrivilegedRoleError,
@@ -45,7 +46,8 @@ from rotating_pool.rotation.errors import (
 )
 from rotating_pool.rotation.hosts import AdminLogin, admin_login
 from rotating_pool.rotation.password import set_password
-from rotating_pool.rotation.rotator import DEFAULT_EXCLUDE_CHARACTERS, make_rds_client
+from rotating_pool.rotation.role_check import check_role_to_rotate
+from rotating_pool.rotation.rotator import DEFAULT_EXCLUDE_CHARACTERS
 from rotating_pool.rotation.security import SecuritySettings
 from rotating_pool.rotation.settings import Strategy, check_role_name
 from rotating_pool.rotation.versions import SecretVersions, random_password
@@ -249,6 +251,8 @@ def bootstrap(
         AdminHostError: the admin secret names no server, or `plan.host` is
             another one.
         PrivilegedRoleError: an existing role must not be used (nothing changed).
+        RoleRefusedError: the user to get a password fails the rotation's role
+            check (`role_check`) or the pin (nothing of the password changed).
         RotationStateError: a rotation of the app secret is unfinished.
         DatabaseLoginError, DatabaseUnavailableError, TLSSetupError: the admin
             cannot log in.
@@ -256,6 +260,8 @@ def bootstrap(
     """
     security = security or SecuritySettings()
     options = LoginOptions(security, connect_timeout)
+    for user in plan.users:  # before anything is created
+        security.role_pin.check(user, secret_id=plan.secret_name)
     admin_versions = SecretVersions(client, plan.admin_secret_id)
     admin_arn = admin_versions.describe().arn
     admin = admin_login(
@@ -320,6 +326,16 @@ def bootstrap(
                     password = candidate.password
         password_set = password is None
         if password is None:
+            # The same check as a rotation's, on the session that runs ALTER ROLE.
+            check_role_to_rotate(
+                conn,
+                username,
+                group=plan.role,
+                current=None,
+                as_admin=True,
+                nologin_ok=False,
+                secret_id=plan.secret_name,
+            )
             password = random_password(
                 client, length=password_length, exclude_characters=exclude_characters
             )

@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import json
 import logging
+import math
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -28,10 +29,14 @@ from rotating_pool.rotation.bootstrap import (
     bootstrap_sql,
     create_database_sql,
 )
-from rotating_pool.rotation.rotator import _CLIENT_CONFIG, DEFAULT_EXCLUDE_CHARACTERS, Rotator
+from rotating_pool.rotation.clients import make_secretsmanager_client
+from rotating_pool.rotation.deadline import MAX_SECONDS, check_seconds
+from rotating_pool.rotation.errors import RotationConfigError
+from rotating_pool.rotation.rotator import DEFAULT_EXCLUDE_CHARACTERS, Rotator
 from rotating_pool.rotation.security import SYSTEM_ROOT_CERT, SecuritySettings
 from rotating_pool.rotation.settings import Strategy
 from rotating_pool.rotation.status import secret_status
+from rotating_pool.rotation.status_text import printable
 from rotating_pool.rotation.versions import SecretVersions
 from rotating_pool.secret import AWSCURRENT
 
@@ -65,7 +70,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             # for an operator (run with -vv to see it).
             if args.verbose >= 2:
                 logging.getLogger("rotating_pool.rotation").exception("%s failed", args.command)
-            print(f"rotating-pool {args.command}: error: {_describe(error)}", file=sys.stderr)
+            # A server's or a secret's words may hold terminal escapes.
+            message = printable(_describe(error))
+            print(f"rotating-pool {args.command}: error: {message}", file=sys.stderr)
             return _EXIT_ERROR
     return code
 
@@ -146,7 +153,7 @@ def _parser() -> argparse.ArgumentParser:
     rotate.add_argument("--token", help="ClientRequestToken to use or resume (default: new)")
     rotate.add_argument(
         "--pause-before-finish",
-        type=float,
+        type=_pause,
         default=0.0,
         metavar="SECONDS",
         help="wait this long between testSecret and finishSecret, as a Lambda's steps would",
@@ -166,7 +173,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     status.add_argument("--secret-id", required=True, help="the app secret's name or ARN")
     status.add_argument("--json", action="store_true", help="print JSON instead of tables")
-    status.add_argument("--connect-timeout", type=float, default=5.0, metavar="SECONDS")
+    status.add_argument("--connect-timeout", type=_seconds, default=5.0, metavar="SECONDS")
     _security_options(status)
     status.set_defaults(run=_status)
     return parser
@@ -188,7 +195,7 @@ def _password_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--connect-timeout",
-        type=float,
+        type=_seconds,
         default=5.0,
         metavar="SECONDS",
         help="seconds per database login (default: 5)",
@@ -217,6 +224,33 @@ def _security_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also accept MD5 password authentication (old admin users); never cleartext",
     )
+    parser.add_argument(
+        "--allowed-role",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="pin: a role name, or a prefix ending in '*', whose password may be changed; "
+        "repeatable (default: any role that passes the rotation's role check)",
+    )
+
+
+def _seconds(text: str) -> float:
+    """argparse type: a finite number of seconds above 0 (``nan``/``inf`` refused)."""
+    try:
+        return check_seconds(float(text), key="seconds")
+    except (ValueError, RotationConfigError):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a number of seconds above 0 and at most {MAX_SECONDS:g}"
+        ) from None
+
+
+def _pause(text: str) -> float:
+    """argparse type: 0 or `_seconds`."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    return 0.0 if value == 0 else _seconds(text)
 
 
 def _security(args: argparse.Namespace) -> SecuritySettings:
@@ -225,6 +259,8 @@ def _security(args: argparse.Namespace) -> SecuritySettings:
         allow_md5=args.allow_md5,
         allowed_hosts=args.allowed_host,
         root_cert_setting="--ssl-root-cert",
+        allowed_roles=args.allowed_role,
+        role_pin_setting="--allowed-role",
     )
 
 
@@ -339,9 +375,7 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _client() -> SecretsManagerClient:
-    import boto3  # noqa: PLC0415  (slow to import; only when a command needs it)
-
-    return boto3.session.Session().client("secretsmanager", config=_CLIENT_CONFIG)
+    return make_secretsmanager_client()
 
 
 @contextlib.contextmanager

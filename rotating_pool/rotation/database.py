@@ -20,7 +20,7 @@ from typing import Any
 
 import psycopg
 
-from rotating_pool.rotation.deadline import Deadline
+from rotating_pool.rotation.deadline import Deadline, check_seconds
 from rotating_pool.rotation.errors import (
     AuthenticationMethodError,
     DatabaseLoginError,
@@ -29,7 +29,7 @@ from rotating_pool.rotation.errors import (
     StepDeadlineError,
     TLSSetupError,
 )
-from rotating_pool.rotation.security import SecuritySettings, check_libpq
+from rotating_pool.rotation.security import SecuritySettings, check_libpq, is_unix_socket
 from rotating_pool.secret import Credentials
 
 __all__ = ["APPLICATION_NAME", "Deadline", "Login", "LoginOptions", "login", "try_login"]
@@ -70,11 +70,21 @@ class LoginOptions:
         security: TLS and authentication rules.
         connect_timeout: seconds per login, before the deadline shrinks it.
         deadline: when the step must be over.
+
+    Raises:
+        RotationConfigError: `connect_timeout` is not a finite, positive number
+            of seconds.
     """
 
     security: SecuritySettings
     connect_timeout: float = 5.0
     deadline: Deadline = field(default_factory=Deadline)
+
+    def __post_init__(self) -> None:
+        # Every login's timeout passes here: status and bootstrap included.
+        object.__setattr__(
+            self, "connect_timeout", check_seconds(self.connect_timeout, key="connect_timeout")
+        )
 
 
 def try_login(
@@ -90,7 +100,8 @@ def try_login(
             secret that says ``"ssl": false``.
 
     Raises:
-        TLSSetupError: TLS could not be set up or the certificate not verified.
+        TLSSetupError: TLS could not be set up or the certificate not verified,
+            or `use_tls` and the host is a Unix-domain socket (or empty).
         AuthenticationMethodError: the server asked for a cleartext (or MD5)
             password; none was sent.
         StepDeadlineError: too little time was left, or the login used it up.
@@ -100,6 +111,14 @@ def try_login(
     check_libpq()
     where = f"{credentials.host or 'localhost'}:{credentials.port or 5432}"
     what = f"login to {where} as {credentials.username!r} from {source}"
+    if use_tls and is_unix_socket(credentials.host):
+        # libpq ignores sslmode on a socket: verify-full would pass unverified.
+        raise TLSSetupError(
+            f"{what}: the host {credentials.host!r} is a Unix-domain socket (or empty: libpq's "
+            "default socket), where no TLS is used, so verified TLS cannot be had; name the "
+            'server by its host name, or, if a socket is meant, say "ssl": false in the secret '
+            "(TLS is then off, and logged so)"
+        )
     timeout, shrunk = options.deadline.login_timeout(options.connect_timeout, what=what)
     try:
         conn = psycopg.connect(

@@ -27,17 +27,41 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
-from rotating_pool.rotation.errors import StepDeadlineError
+from rotating_pool.rotation.errors import RotationConfigError, StepDeadlineError
 
-__all__ = ["Deadline"]
+__all__ = ["MAX_SECONDS", "Deadline", "check_seconds"]
 
 # psycopg's connect_timeout is in whole seconds and never less than 2.
 MIN_CONNECT_TIMEOUT = 2
 # Time kept back from a deadline for the step to report its failure.
 DEADLINE_RESERVE = 0.5
 
+# No login or step of a rotation may wait longer (a Lambda runs 900 s at most).
+MAX_SECONDS = 3600.0
+
 _Client = TypeVar("_Client")
 _T = TypeVar("_T")
+
+
+def check_seconds(value: object, *, key: str) -> float:
+    """`value` as a number of seconds, if it is a finite number in (0, `MAX_SECONDS`].
+
+    ``nan`` passes every comparison and ``inf`` overflows later (``math.ceil``,
+    socket timeouts): both are refused here, where the setting is read.
+
+    >>> check_seconds(2, key="connect_timeout")
+    2.0
+
+    Raises:
+        RotationConfigError: naming `key`.
+    """
+    seconds = value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    if seconds is None or not math.isfinite(seconds) or not 0 < seconds <= MAX_SECONDS:
+        raise RotationConfigError(
+            f"{key} must be a number of seconds above 0 and at most {MAX_SECONDS:g}, not {value!r}",
+            key=key,
+        )
+    return float(seconds)
 
 
 @dataclass(frozen=True)
@@ -52,8 +76,23 @@ class Deadline:
 
     @classmethod
     def after(cls, seconds: float | None) -> Deadline:
-        """A deadline `seconds` from now (None: no deadline)."""
-        return cls(None if seconds is None else time.monotonic() + seconds)
+        """A deadline `seconds` from now (None: no deadline).
+
+        Raises:
+            RotationConfigError: `seconds` is not a finite number.
+        """
+        if seconds is None:
+            return cls(None)
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+            raise RotationConfigError(
+                f"time_left must be a number, not {seconds!r}", key="time_left"
+            )
+        if not math.isfinite(seconds):
+            raise RotationConfigError(
+                f"time_left must be a finite number of seconds (None: no limit), not {seconds!r}",
+                key="time_left",
+            )
+        return cls(time.monotonic() + seconds)
 
     def seconds_left(self) -> float | None:
         """Seconds until the deadline, None without one."""

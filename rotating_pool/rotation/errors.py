@@ -19,6 +19,7 @@ __all__ = [
     "LoginAttempt",
     "PasswordChangeError",
     "PrivilegedRoleError",
+    "RoleRefusedError",
     "RoleSetupError",
     "RotationConfigError",
     "RotationError",
@@ -157,6 +158,32 @@ class PrivilegedRoleError(RotationConfigError):
     """bootstrap refused to touch an existing role: it is privileged (or a
     member of a privileged role), it is the admin itself, or the group role can
     log in. Nothing was changed."""
+
+
+class RoleRefusedError(RotationConfigError):
+    """A rotation step refused to change a role's password: the role the secret
+    names is not one a rotation may change (privileged, the admin, outside the
+    application's group role, outside the deployer's pin, ...). Raised before
+    ``ALTER ROLE``: nothing was changed.
+
+    Attributes:
+        role: the role refused.
+        checks: the names of the checks it failed (``superuser``,
+            ``member_of_privileged_role``, ``pin``, ...; see
+            `rotating_pool.rotation.role_check`).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        secret_id: str | None,
+        role: str,
+        checks: Sequence[str],
+    ) -> None:
+        super().__init__(message, secret_id=secret_id, key="username")
+        self.role = role
+        self.checks = tuple(checks)
 
 
 class SettingsMismatchError(RotationStateError):

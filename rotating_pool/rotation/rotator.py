@@ -1,5 +1,8 @@
 """The four rotation steps, for the Lambda entry point and the local driver.
 
+The local whole-rotation driver (`Rotator.rotate`) lives in `local_rotation`;
+`RotationResult` is re-exported here, where it always was.
+
 Secrets Manager drives a rotation by calling a function four times with the
 same ClientRequestToken: createSecret, setSecret, testSecret, finishSecret. On
 any failure it retries the whole rotation with that token, so each step here
@@ -19,17 +22,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import uuid
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-import botocore.config
 import botocore.exceptions
 from psycopg import sql
 
+from rotating_pool.rotation.clients import make_rds_client, make_secretsmanager_client
 from rotating_pool.rotation.database import LoginOptions
-from rotating_pool.rotation.deadline import Deadline
+from rotating_pool.rotation.deadline import Deadline, check_seconds
 from rotating_pool.rotation.errors import (
     RoleSetupError,
     RotationConfigError,
@@ -39,8 +40,9 @@ from rotating_pool.rotation.errors import (
     TokenNotFoundError,
     TokenNotPendingError,
 )
+from rotating_pool.rotation.local_rotation import RotationResult, rotate
 from rotating_pool.rotation.security import SecuritySettings
-from rotating_pool.rotation.settings import RotationSettings, Strategy
+from rotating_pool.rotation.settings import RotationSettings
 from rotating_pool.rotation.strategies import (
     AlternatingUsers,
     StepContext,
@@ -75,53 +77,6 @@ STEPS = ("createSecret", "setSecret", "testSecret", "finishSecret")
 # shell quoting.
 DEFAULT_EXCLUDE_CHARACTERS = "/@\"'\\"
 
-# A rotation step is a handful of short calls; botocore's 60 s default read
-# timeout would let one hung call eat a Lambda's whole budget.
-_CLIENT_CONFIG = botocore.config.Config(
-    connect_timeout=5,
-    read_timeout=10,
-    # Three attempts in all (botocore's ``max_attempts`` would count retries only).
-    retries={"mode": "standard", "total_max_attempts": 3},
-    user_agent_extra="rotating_pool.rotation",
-)
-
-
-def make_rds_client() -> RDSClient:
-    """A boto3 ``rds`` client from the default chain (it honours
-    ``AWS_ENDPOINT_URL_RDS``), with the same short timeouts."""
-    import boto3  # noqa: PLC0415  (slow to import; only when needed)
-
-    return boto3.session.Session().client("rds", config=_CLIENT_CONFIG)
-
-
-@dataclass(frozen=True)
-class RotationResult:
-    """What one `Rotator.rotate` did.
-
-    Attributes:
-        secret_id: the secret rotated.
-        token: the ClientRequestToken (= the new AWSCURRENT version id).
-        strategy: the strategy the secret named.
-        username: the database user AWSCURRENT now names.
-        durations: seconds per step, in step order.
-        outcomes: what each step did (`StepOutcome`).
-        resumed: True when the rotation finished one left half-done (its
-            AWSPENDING version) rather than starting anew.
-    """
-
-    secret_id: str
-    token: str
-    strategy: Strategy
-    username: str
-    durations: Mapping[str, float]
-    outcomes: Mapping[str, StepOutcome]
-    resumed: bool = False
-
-    @property
-    def total(self) -> float:
-        """Seconds for the four steps together."""
-        return sum(self.durations.values())
-
 
 class Rotator:
     """Runs rotation steps against Secrets Manager and PostgreSQL.
@@ -153,15 +108,16 @@ class Rotator:
         security: SecuritySettings | None = None,
         rds_client: RDSClient | None = None,
     ) -> None:
-        if not 8 <= password_length <= 4096:
+        if (
+            isinstance(password_length, bool)
+            or not isinstance(password_length, int)
+            or not 8 <= password_length <= 4096
+        ):
             raise RotationConfigError(
                 f"password_length must be between 8 and 4096, not {password_length}",
                 key="password_length",
             )
-        if connect_timeout <= 0:
-            raise RotationConfigError(
-                f"connect_timeout must be positive, not {connect_timeout}", key="connect_timeout"
-            )
+        connect_timeout = check_seconds(connect_timeout, key="connect_timeout")
         self._client = client
         self._rds = rds_client
         self._client_lock = threading.Lock()
@@ -182,11 +138,7 @@ class Rotator:
         if self._client is None:
             with self._client_lock:
                 if self._client is None:
-                    import boto3  # noqa: PLC0415  (slow to import; only when needed)
-
-                    self._client = boto3.session.Session().client(
-                        "secretsmanager", config=_CLIENT_CONFIG
-                    )
+                    self._client = make_secretsmanager_client()
         return self._client
 
     @property
@@ -286,62 +238,19 @@ class Rotator:
         token: str | None = None,
         on_step: Callable[[str, float], None] | None = None,
     ) -> RotationResult:
-        """Perform one whole rotation, as Secrets Manager would drive it.
-
-        Needs neither a Lambda nor rotation enabled on the secret: createSecret
-        itself stores the AWSPENDING version (PutSecretValue) that RotateSecret
-        would have staged empty. The steps are the same code the Lambda runs.
+        """Perform one whole rotation, as Secrets Manager would drive it
+        (`local_rotation.rotate`: no Lambda needed, the same steps).
 
         Args:
-            token: the ClientRequestToken. None: if an unfinished rotation left an
-                AWSPENDING version (not also AWSCURRENT), finish that one with its
-                token, as Secrets Manager's retry would; otherwise a new uuid4.
-                Giving a new token instead starts afresh (createSecret moves the
-                AWSPENDING label onto it).
-            on_step: called as ``on_step(step, seconds)`` after each step; it may
-                sleep (to widen the window between setSecret and finishSecret) or
-                raise (to simulate a crash: re-run with the same token).
+            token: the ClientRequestToken; None resumes an unfinished rotation
+                or starts a new one.
+            on_step: called as ``on_step(step, seconds)`` after each step.
 
         Returns:
             per-step durations and outcomes, the token, the strategy and the user
             now AWSCURRENT.
         """
-        versions = SecretVersions(self.client, secret_id)
-        resumed = False
-        if token is None:
-            description = versions.describe()
-            pending = description.version_with(AWSPENDING)
-            # A version labelled AWSPENDING alone is a rotation that did not
-            # finish; with other labels it is a leftover marker, which
-            # createSecret moves onto the new token.
-            if pending is not None and description.stages[pending] == (AWSPENDING,):
-                logger.warning(
-                    "secret %r: finishing the unfinished rotation of version %s first",
-                    secret_id,
-                    pending,
-                )
-                token, resumed = pending, True
-            else:
-                token = str(uuid.uuid4())
-        durations: dict[str, float] = {}
-        outcomes: dict[str, StepOutcome] = {}
-        for step in STEPS:
-            started = time.perf_counter()
-            outcomes[step] = self.run_step(secret_id, token, step, check_enabled=False)
-            durations[step] = time.perf_counter() - started
-            if on_step is not None:
-                on_step(step, durations[step])
-        current = versions.read_required(AWSCURRENT)
-        settings = RotationSettings.from_document(secret_id, current.document)
-        return RotationResult(
-            secret_id=secret_id,
-            token=token,
-            strategy=settings.strategy,
-            username=current.credentials.username,
-            durations=durations,
-            outcomes=outcomes,
-            resumed=resumed,
-        )
+        return rotate(self, secret_id, steps=STEPS, token=token, on_step=on_step)
 
     # -- the label checks ------------------------------------------------------
 
@@ -405,6 +314,8 @@ class Rotator:
             # Refuse a secret whose admin would log in elsewhere before staging anything.
             strategy.admin_login(ctx, current)
         username = strategy.pending_username(ctx.secret_id, current.credentials)
+        # The deployer's pin, before anything is staged (setSecret checks it again).
+        ctx.options.security.role_pin.check(username, secret_id=ctx.secret_id)
         password = random_password(
             ctx.client,
             length=self.password_length,

@@ -26,6 +26,7 @@ from typing import Any
 import psycopg
 
 from rotating_pool.rotation.errors import RotationConfigError, TLSSetupError
+from rotating_pool.rotation.pin import RolePin
 
 __all__ = [
     "LAMBDA_ROOT_CERT",
@@ -33,6 +34,7 @@ __all__ = [
     "SYSTEM_ROOT_CERT",
     "SecuritySettings",
     "check_libpq",
+    "is_unix_socket",
     "normalize_host",
     "tls_wanted",
 ]
@@ -75,12 +77,15 @@ class SecuritySettings:
         root_cert_setting: how the operator sets `ssl_root_cert` here, named in
             error messages (``SSL_ROOT_CERT`` in the Lambda, ``--ssl-root-cert``
             on the command line).
+        role_pin: the roles a rotation may ever change (`RolePin`; default:
+            no pin).
     """
 
     ssl_root_cert: str = SYSTEM_ROOT_CERT
     allow_md5: bool = False
     allowed_hosts: frozenset[str] = field(default_factory=frozenset)
     root_cert_setting: str = "ssl_root_cert"
+    role_pin: RolePin = field(default_factory=RolePin)
 
     def __post_init__(self) -> None:
         if not self.ssl_root_cert:
@@ -101,14 +106,18 @@ class SecuritySettings:
         allow_md5: bool,
         allowed_hosts: Iterable[str],
         root_cert_setting: str,
+        allowed_roles: Iterable[str] = (),
+        role_pin_setting: str = "allowed_roles",
     ) -> SecuritySettings:
-        """Build from a comma-separated or repeated host list, as the CLI and Lambda give it."""
+        """Build from comma-separated or repeated host and role lists, as the
+        CLI and Lambda give them."""
         hosts = {part.strip() for entry in allowed_hosts for part in entry.split(",")}
         return cls(
             ssl_root_cert=ssl_root_cert,
             allow_md5=allow_md5,
             allowed_hosts=frozenset(h for h in hosts if h),
             root_cert_setting=root_cert_setting,
+            role_pin=RolePin.from_entries(allowed_roles, setting=role_pin_setting),
         )
 
     @property
@@ -158,6 +167,21 @@ def tls_wanted(secret_id: str, document: Mapping[str, Any], *, what: str) -> boo
             what,
         )
     return value
+
+
+def is_unix_socket(host: str | None) -> bool:
+    """Whether libpq would reach `host` over a Unix-domain socket, where
+    ``sslmode=verify-full`` verifies nothing (libpq uses no TLS on a socket).
+
+    No host (libpq's default socket), a directory path (``/...``) or an
+    abstract socket (``@...``), alone or in a comma-separated host list.
+
+    >>> is_unix_socket("/var/run/postgresql"), is_unix_socket("db.example.com")
+    (True, False)
+    """
+    if host is None or not host.strip():
+        return True
+    return any(not part.strip() or part.strip()[0] in "/@" for part in host.split(","))
 
 
 def check_libpq() -> None:

@@ -1,5 +1,7 @@
 """What a secret and its database users look like right now (``rotating-pool status``).
 
+This module gathers (and gives the JSON shape); `status_text` renders the text.
+
 For each labelled version of the secret: its labels, the user it names and
 whether its password logs in. For each database user: whether the role
 exists, may log in (``rolcanlogin``), which versions' passwords it accepts,
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from rotating_pool.errors import SecretError
+from rotating_pool.rotation.clients import make_rds_client
 from rotating_pool.rotation.database import APPLICATION_NAME, Login, LoginOptions, try_login
 from rotating_pool.rotation.errors import (
     AdminHostError,
@@ -24,9 +27,9 @@ from rotating_pool.rotation.errors import (
     TLSSetupError,
 )
 from rotating_pool.rotation.hosts import admin_login
-from rotating_pool.rotation.rotator import make_rds_client
 from rotating_pool.rotation.security import SecuritySettings, tls_wanted
 from rotating_pool.rotation.settings import RotationSettings
+from rotating_pool.rotation.status_text import render_status
 from rotating_pool.rotation.versions import SecretVersion, SecretVersions
 from rotating_pool.secret import AWSCURRENT, AWSPENDING, AWSPREVIOUS
 
@@ -185,48 +188,9 @@ class SecretStatus:
         }
 
     def render(self) -> str:
-        """Readable tables, for a terminal."""
-        enabled = {None: "unknown", True: "yes", False: "no"}[self.rotation_enabled]
-        lines = [
-            f"secret    {self.name}",
-            f"arn       {self.arn}",
-            f"strategy  {self.strategy or '-'}    group role: {_name(self.role)}    "
-            f"rotation enabled: {enabled}",
-        ]
-        if self.problem:
-            lines.append(f"problem   {self.problem}")
-        if self.database_error:
-            lines.append(f"database  {self.database_error}")
-        lines.append("")
-        lines += _table(
-            ["VERSION", "LABELS", "CREATED", "USER", "LOGS IN"],
-            [
-                [
-                    v.version_id,
-                    ", ".join(v.stages),
-                    v.created.strftime("%Y-%m-%d %H:%M:%S") if v.created else "-",
-                    _name(v.username) if v.username is not None else "(no value yet)",
-                    _logs_in(v),
-                ]
-                for v in self.versions
-            ],
-        )
-        lines.append("")
-        lines += _table(
-            ["USER", "EXISTS", "CAN LOGIN", "PASSWORD WORKS", "SESSIONS"],
-            [
-                [
-                    _name(u.username),
-                    _yes_no(u.exists),
-                    _yes_no(u.can_login),
-                    f"yes ({', '.join(u.working_stages)})" if u.working_stages else "no",
-                    "?" if u.sessions is None else str(u.sessions),
-                ]
-                for u in self.users
-            ],
-        )
-        lines += _render_credential_sessions(self)
-        return "\n".join(lines)
+        """Readable tables, for a terminal (`status_text.render_status`): every
+        name and message is shown with control characters escaped."""
+        return render_status(self)
 
 
 def secret_status(
@@ -504,50 +468,3 @@ def _credential_sessions_json(status: SecretStatus) -> dict[str, Any]:
             for s in status.credential_sessions
         ],
     }
-
-
-def _render_credential_sessions(status: SecretStatus) -> list[str]:
-    if not status.credential_sessions:
-        return []
-    since = (
-        status.current_since.strftime("%Y-%m-%d %H:%M:%S") if status.current_since else "unknown"
-    )
-    return [
-        "",
-        f"SESSIONS BY CREDENTIALS (superseded: another user than AWSCURRENT's, "
-        f"or opened before {since})",
-        *_table(
-            ["USER", "CURRENT", "SUPERSEDED", "UNKNOWN"],
-            [
-                [_name(s.username), str(s.current), str(s.superseded), str(s.unknown)]
-                for s in status.credential_sessions
-            ],
-        ),
-    ]
-
-
-def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
-    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows, strict=True)]
-    return [
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        for row in [headers, *rows]
-    ]
-
-
-def _name(name: str | None) -> str:
-    # Plain names as they are; names with spaces or quotes as SQL would write them.
-    if name is None:
-        return "-"
-    if name.isidentifier() and name == name.lower():
-        return name
-    return '"' + name.replace('"', '""') + '"'
-
-
-def _yes_no(value: bool | None) -> str:
-    return "?" if value is None else ("yes" if value else "no")
-
-
-def _logs_in(version: VersionStatus) -> str:
-    if version.logs_in is None:
-        return "-" if version.login_error is None else f"? ({version.login_error})"
-    return "yes" if version.logs_in else f"no ({version.login_error})"

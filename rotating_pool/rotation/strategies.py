@@ -24,6 +24,7 @@ from rotating_pool.rotation.errors import (
 )
 from rotating_pool.rotation.hosts import AdminLogin, admin_login
 from rotating_pool.rotation.password import set_password
+from rotating_pool.rotation.role_check import check_role_to_rotate
 from rotating_pool.rotation.security import tls_wanted
 from rotating_pool.rotation.settings import RotationSettings, Strategy
 from rotating_pool.rotation.versions import SecretVersion, SecretVersions
@@ -136,12 +137,9 @@ class SingleUser:
     def set_password(
         self, ctx: StepContext, current: SecretVersion, pending: SecretVersion
     ) -> StepOutcome:
-        """Log in as the user and ``ALTER ROLE`` itself."""
+        """Log in as the user and ``ALTER ROLE`` itself, once the user passes
+        the pin and `role_check` on its own session."""
         new = pending.credentials
-        conn, attempt = ctx.try_login(pending, AWSPENDING)
-        if conn is not None:
-            conn.close()
-            return StepOutcome.ALREADY_DONE
         if new.username != current.credentials.username:
             raise RotationStateError(
                 f"secret {ctx.secret_id!r}: AWSPENDING (version {ctx.token!r}) names user "
@@ -150,7 +148,13 @@ class SingleUser:
                 "from that version and rotate again",
                 secret_id=ctx.secret_id,
             )
+        # Before any login: AWSPENDING's password goes only to AWSCURRENT's server.
         _check_same_server(ctx, current.credentials, new, "AWSCURRENT")
+        ctx.options.security.role_pin.check(new.username, secret_id=ctx.secret_id)
+        conn, attempt = ctx.try_login(pending, AWSPENDING)
+        if conn is not None:
+            conn.close()
+            return StepOutcome.ALREADY_DONE
 
         attempts = [attempt]
         tried_passwords = {new.password}
@@ -186,6 +190,15 @@ class SingleUser:
             # the group, and an ordinary role may change only its own password
             # (PostgreSQL's SET ROLE and ALTER ROLE pages): denied.
             conn.execute("SET ROLE NONE")
+            check_role_to_rotate(
+                conn,
+                new.username,
+                group=None,
+                current=None,
+                as_admin=False,
+                nologin_ok=False,
+                secret_id=ctx.secret_id,
+            )
             set_password(
                 conn, new.username, new.password, grant_login=False, secret_id=ctx.secret_id
             )
@@ -236,7 +249,8 @@ class AlternatingUsers:
     def set_password(
         self, ctx: StepContext, current: SecretVersion, pending: SecretVersion
     ) -> StepOutcome:
-        """As the admin, ``ALTER ROLE <other user> WITH LOGIN PASSWORD <verifier>``."""
+        """As the admin, ``ALTER ROLE <other user> WITH LOGIN PASSWORD <verifier>``,
+        once the user passes the pin and `role_check` on the admin's session."""
         new = pending.credentials
         expected = self.settings.other_user(ctx.secret_id, current.credentials.username)
         if new.username != expected:
@@ -248,6 +262,7 @@ class AlternatingUsers:
                 secret_id=ctx.secret_id,
             )
         _check_same_server(ctx, current.credentials, new, "AWSCURRENT")
+        ctx.options.security.role_pin.check(new.username, secret_id=ctx.secret_id)
         # Before any login: the admin's password goes only to its own server.
         admin = self.admin_login(ctx, current)
         conn, _ = ctx.try_login(pending, AWSPENDING)
@@ -275,6 +290,17 @@ class AlternatingUsers:
             secret_id=ctx.secret_id,
         )
         with conn:
+            # The secret's writer is not trusted: the admin changes only a
+            # fresh or unprivileged member of the group AWSCURRENT's user is in.
+            check_role_to_rotate(
+                conn,
+                new.username,
+                group=self.settings.role,
+                current=current.credentials.username,
+                as_admin=True,
+                nologin_ok=True,
+                secret_id=ctx.secret_id,
+            )
             set_password(
                 conn, new.username, new.password, grant_login=True, secret_id=ctx.secret_id
             )
