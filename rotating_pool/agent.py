@@ -320,36 +320,45 @@ class AgentSource:
         raise self._translate(reply, token, what)
 
     def _get(self, path: str, token: AgentToken, deadline: float, what: str) -> Reply:
-        where = f"the Secrets Manager Agent at {self._endpoint.url}"
         try:
             reply = get(self._endpoint, path, {TOKEN_HEADER: token.value}, deadline)
         except ExchangeFailed as failed:
-            if failed.kind == "refused":
-                message = (
-                    f"no Secrets Manager Agent listening on {self._endpoint.url} (connection "
-                    f"refused, {what}): start the agent (a sidecar container, or Lambda's "
-                    f"Parameters and Secrets extension) or point {ENDPOINT_ENV} at it"
-                )
-            elif failed.kind == "timeout":
-                message = f"{where} did not answer within {self._timeout:g} s ({what})"
-            elif failed.kind == "too large":
-                raise self._not_the_agent(f"answered {failed.detail} ({what})") from None
-            elif failed.kind == "not loopback":
-                raise self._not_the_agent(
-                    f"is not on this host ({failed.detail}, {what}): pass "
-                    "allow_remote_endpoint=True if that is really meant"
-                ) from None
-            else:
-                message = f"{where} could not be read ({what}): {failed.detail}"
-            raise self._unavailable(message) from None
-        logger.debug(
-            "secret %r: %s through the agent at %s: HTTP %d",
-            self._secret_id,
-            what,
-            self._endpoint.url,
-            reply.status,
+            failure = failed
+        else:
+            logger.debug(
+                "secret %r: %s through the agent at %s: HTTP %d",
+                self._secret_id,
+                what,
+                self._endpoint.url,
+                reply.status,
+            )
+            return reply
+        # Outside the except clause, so that the error carries no context.
+        raise self._failed(failure, what)
+
+    def _failed(self, failure: ExchangeFailed, what: str) -> SecretsManagerUnavailableError:
+        url = self._endpoint.url
+        if failure.kind == "refused":
+            return self._unavailable(
+                f"no Secrets Manager Agent listening on {url} (connection refused, {what}): "
+                "start the agent (a sidecar container, or Lambda's Parameters and Secrets "
+                f"extension) or point {ENDPOINT_ENV} at it"
+            )
+        if failure.kind == "timeout":
+            return self._unavailable(
+                f"the Secrets Manager Agent at {url} did not answer within {self._timeout:g} s "
+                f"({what}, the timeout of one call)"
+            )
+        if failure.kind == "too large":
+            return self._not_the_agent(f"answered {failure.detail} ({what})")
+        if failure.kind == "not loopback":
+            return self._not_the_agent(
+                f"is not on this host ({failure.detail}, {what}): pass "
+                "allow_remote_endpoint=True if that is really meant"
+            )
+        return self._unavailable(
+            f"the Secrets Manager Agent at {url} could not be read ({what}): {failure.detail}"
         )
-        return reply
 
     def _credentials(self, body: bytes, stage: str, what: str) -> Credentials:
         document = _json_object(body)  # the body may hold the secret: never quoted
