@@ -95,6 +95,27 @@ def test_a_connect_ends_within_its_deadline_with_a_typed_error(behaviour, error,
         assert_quotes_nothing_secret(raised.value)
 
 
+def test_a_read_its_connect_gave_up_on_stops_by_its_own_timeout():
+    """The connect waits for the first read only as long as its deadline (3 s)
+    leaves room for a login (2 s of it), 1 s, before the agent call's timeout
+    (2 s): the read it left behind then stops reading by its own timeout,
+    instead of taking the drip's answer to its end (about 90 s)."""
+    with HostileAgent("drip") as hostile:
+        engine = rotating_pool.create_engine(
+            URL,
+            secret_id=SECRET,
+            source=source_for(hostile, 2.0, lock_dir=False),
+            retry=RetryBudget(deadline=3.0),
+        )
+        started = time.monotonic()
+        with pytest.raises(SecretsManagerUnavailableError):
+            engine.connect()
+        gave_up = time.monotonic() - started
+        assert gave_up < 2.0  # the connect left the read behind
+        assert hostile.hung_up.acquire(timeout=2.0 + MARGIN)  # the read hung up
+        assert time.monotonic() - started < 2.0 + MARGIN
+
+
 @pytest.mark.parametrize("behaviour", ["silent", "wrong_arn"])
 def test_the_turn_is_released_when_a_call_fails(behaviour, tmp_path):
     with HostileAgent(behaviour) as hostile:

@@ -19,7 +19,6 @@ Every answer carries ``Server: rotating_pool-hostile-agent-standin``.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import socket
@@ -57,6 +56,8 @@ class HostileAgent(TcpStandIn):
     Attributes:
         connections: TCP connections accepted.
         requested: set once a request has been read (a client is now held).
+        hung_up: released once for each client that went away before the
+            answer was whole (``"drip"`` and ``"huge"``): it stopped reading.
     """
 
     _thread_name = "hostile-agent"
@@ -76,6 +77,7 @@ class HostileAgent(TcpStandIn):
         self.interval = interval
         self.size = size
         self.requested = threading.Event()
+        self.hung_up = threading.Semaphore(0)
 
     def __repr__(self) -> str:
         return f"HostileAgent({self.behaviour!r}, port={self._port}, not the agent)"
@@ -95,29 +97,35 @@ class HostileAgent(TcpStandIn):
 
     def _serve(self, sock: socket.socket) -> None:
         sock.settimeout(_IDLE_LIMIT)
-        with contextlib.suppress(OSError):
-            _read_request(sock)
-            self.requested.set()
-            if self.behaviour == "silent":
-                self._stopping.wait(_IDLE_LIMIT)
-            elif self.behaviour == "drip":
-                body = _document("drip")
-                head = _head(len(body))
-                sock.sendall(head)
-                for byte in body:
-                    if self._stopping.wait(self.interval):
-                        return
-                    sock.sendall(bytes([byte]))
-            elif self.behaviour == "huge":
-                sock.sendall(_head(self.size))
-                sent = 0
-                chunk = b" " * _CHUNK
-                while sent < self.size and not self._stopping.is_set():
-                    sock.sendall(chunk[: self.size - sent])
-                    sent += _CHUNK
-            else:
-                body = _document("not-yours")
-                sock.sendall(_head(len(body)) + body)
+        try:
+            self._answer(sock)
+        except (BrokenPipeError, ConnectionResetError):
+            self.hung_up.release()
+        except OSError:
+            pass
+
+    def _answer(self, sock: socket.socket) -> None:
+        _read_request(sock)
+        self.requested.set()
+        if self.behaviour == "silent":
+            self._stopping.wait(_IDLE_LIMIT)
+        elif self.behaviour == "drip":
+            body = _document("drip")
+            sock.sendall(_head(len(body)))
+            for byte in body:
+                if self._stopping.wait(self.interval):
+                    return
+                sock.sendall(bytes([byte]))
+        elif self.behaviour == "huge":
+            sock.sendall(_head(self.size))
+            sent = 0
+            chunk = b" " * _CHUNK
+            while sent < self.size and not self._stopping.is_set():
+                sock.sendall(chunk[: self.size - sent])
+                sent += _CHUNK
+        else:
+            body = _document("not-yours")
+            sock.sendall(_head(len(body)) + body)
 
 
 def _read_request(sock: socket.socket) -> bytes:
