@@ -103,6 +103,18 @@ def test_lock_files_live_in_xdg_runtime_dir_when_it_is_set(served, tmp_path, mon
     assert [p.name for p in directory.iterdir()] == [lock_name(served)]
 
 
+def test_an_xdg_runtime_dir_that_does_not_exist_means_no_turns_and_one_warning(
+    served, tmp_path, monkeypatch, caplog
+):
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "no-such-dir"))
+    agent_source = source(served)
+    assert timed_load(agent_source) < NOT_DELAYED
+    agent_source.load()
+    (warning,) = warnings_about(caplog, UNSAFE)
+    assert "no-such-dir" in warning
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_else_in_a_private_per_user_directory_of_the_temp_dir(served, shared_tmp):
     source(served).load()
     directory = shared_tmp / f"rotating_pool-{os.geteuid()}"
