@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from rotating_pool._version import __version__ as __version__
 from rotating_pool.errors import (
+    AgentAnswerError,
     AlreadyAttachedError,
     ConfigurationError,
     LoginRejectedError,
@@ -79,6 +80,7 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "DEFAULT_REFRESH_INTERVAL",
+    "AgentAnswerError",
     "AgentSource",
     "AlreadyAttachedError",
     "ConfigurationError",
