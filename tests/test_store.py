@@ -378,9 +378,10 @@ def test_a_refresh_never_adopts_a_version_refused_lately():
     store.confirm(A1)  # A1 logged in after all (a pooler had lagged)
     clock.now = 100.0
     source.gate, source.entered = threading.Event(), threading.Event()
+    before = set(threading.enumerate())
     store.held()  # the refresh is due: its poll answers B2, still AWSCURRENT
     assert source.entered.wait(WAIT)
-    (refresh,) = [t for t in threading.enumerate() if t.name == "rotating_pool-refresh-db"]
+    (refresh,) = set(threading.enumerate()) - before  # the refresh, held at the gate
     source.gate.set()
     refresh.join(WAIT)
     assert source.reads[-1] == "poll"
