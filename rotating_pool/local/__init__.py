@@ -15,6 +15,9 @@ Debian's packages.
   `LocalPostgres` (auth_query, transaction pooling).
 - `LocalRdsProxy`: a local stand-in (not AWS's) for RDS Proxy: the PostgreSQL
   wire protocol on 127.0.0.1, letting through only the secret's AWSCURRENT user.
+- `UnlistedRefusalPooler`: a local stand-in (not a product) for a pooler whose
+  refusal wording no list holds: after a password change it refuses a share
+  of the logins with the new password (severity ERROR, no SQLSTATE) for a while.
 - `WriteLoad`: writer threads committing one row per transaction, counting.
 - `HostileServer`: a stand-in (not PostgreSQL) for an attacker's server that
   asks for a cleartext password and records what it gets, or a dead one that
@@ -30,6 +33,7 @@ from rotating_pool.local.proxy import FaultProxy
 from rotating_pool.local.rdsproxy import LocalRdsProxy
 from rotating_pool.local.secretsmanager import LocalSecretsManager
 from rotating_pool.local.tls import CertificateAuthority
+from rotating_pool.local.unlisted import UnlistedRefusalPooler
 from rotating_pool.local.workload import WriteLoad, WriteLoadResult, static_url
 
 __all__ = [
@@ -43,6 +47,7 @@ __all__ = [
     "LocalRdsProxy",
     "LocalSecretsManager",
     "StartupRecord",
+    "UnlistedRefusalPooler",
     "WriteLoad",
     "WriteLoadResult",
     "static_url",
