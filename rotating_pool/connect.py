@@ -62,7 +62,10 @@ class _Run:
         self.store = store
         self.watch: ConnectWatch = telemetry().watch_connect(store.secret_id)
         self.plan: Generator[Action, Answer, None] = login_plan(
-            store.held(), secret_id=store.secret_id, budget=budget
+            store.held(),
+            secret_id=store.secret_id,
+            budget=budget,
+            changed_ago=store.changed_ago(),
         )
         self.refused = 0
 
