@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 
-from rotating_pool.core.classify import Failure, classify_login_error
+from rotating_pool.core.classify import Failure, Verdict, judge_login_error
 from rotating_pool.errors import (
     ConfigurationError,
     LoginRejectedError,
@@ -35,6 +35,7 @@ __all__ = [
     "Recheck",
     "Refetch",
     "RetryBudget",
+    "Success",
     "Wait",
     "login_plan",
 ]
@@ -205,6 +206,17 @@ Action = Load | Connect | Refetch | Recheck | Wait
 Answer = BaseException | Credentials | None
 
 
+@dataclass(frozen=True)
+class Success:
+    """How a plan ended: `credentials` logged in after `refusals` recognised
+    refusals; `confirm` says whether the store should adopt them for every new
+    connection (the plan decides, not the shell)."""
+
+    credentials: Credentials
+    confirm: bool
+    refusals: int
+
+
 @dataclass
 class _Clock:
     """The deadline of one plan."""
@@ -213,6 +225,7 @@ class _Clock:
     budget: float
     start: float = 0.0
     logins: int = 0
+    refusals: int = 0
     last_fetch_error: BaseException | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -245,8 +258,9 @@ def login_plan(
     budget: RetryBudget,
     rng: random.Random | None = None,
     clock: Callable[[], float] = time.monotonic,
+    on_verdict: Callable[[Verdict], None] | None = None,
     changed_ago: float | None = None,
-) -> Generator[Action, Answer, None]:
+) -> Generator[Action, Answer, Success]:
     """The login policy; see the module docstring for how it is driven.
 
     `changed_ago` is what the store knows of a rotation: seconds since the
@@ -256,7 +270,9 @@ def login_plan(
     0. Without credentials yet, load the secret; throttling and outages are
        retried with the budget's delays, other errors are raised at once.
     1. Log in. Success ends the plan (the shell stops driving it).
-    2. The error is classified (`classify_login_error`). Transient: raised as
+    2. The error is judged once (`judge_login_error`), and the `Verdict`
+       handed to `on_verdict` (the shell's counters, logs and telemetry
+       receive it; none of them classifies again). Transient: raised as
        is (at any round).
     3. Refused: refetch. The store offers AWSCURRENT when it moved, else
        AWSPENDING (a single-user rotation between setSecret and finishSecret).
@@ -275,9 +291,27 @@ def login_plan(
        recognised refusal, raise `LoginRejectedError` chained to the driver's
        last error, saying how long it took; after an unrecognised one, raise
        the driver's error as is (its wording is all there is to go on).
+
+    A login that succeeds ends the plan with a `Success` (the generator's
+    return value): it says whether the store should `confirm` the
+    credentials (after a recognised refusal) so that every new connection
+    uses them.
     """
     timer = _Clock(clock, budget.deadline)
     delays = budget.delays(rng)
+
+    def judge(error: Answer, tried: Credentials) -> Verdict:
+        verdict = judge_login_error(_as_exception(error), tried, timer.refusals)
+        timer.refusals = verdict.refusals
+        if on_verdict is not None:
+            on_verdict(verdict)
+        return verdict
+
+    def success(logged_in: Credentials) -> Success:
+        # Confirm only after a recognised refusal: then the credentials in use
+        # were wrong, and every new connection should take these.
+        return Success(logged_in, confirm=timer.refusals > 0, refusals=timer.refusals)
+
     if credentials is None:
         credentials = yield from _first_load(secret_id, budget, timer, delays)
     rotation = _Rotation.at_start(credentials, changed_ago, timer.start)
@@ -285,17 +319,16 @@ def login_plan(
     timer.logins += 1
     error = yield Connect(credentials, login_timeout)
     if error is None:
-        return
-    error = _as_exception(error)
-    kind = classify_login_error(error)
-    if kind is Failure.TRANSIENT:
-        raise error
+        return success(credentials)
+    verdict = judge(error, credentials)
+    if verdict.failure is Failure.TRANSIENT:
+        raise verdict.error
     for _round in range(budget.rounds):
         fetch_timeout = timer.fetch_timeout()
-        if fetch_timeout is None or rotation.window_over(kind, timer.elapsed()):
+        if fetch_timeout is None or rotation.window_over(verdict.failure, timer.elapsed()):
             break
         answer: Answer = None
-        if kind is Failure.REFUSED:
+        if verdict.refused:
             answer = yield Refetch(credentials, fetch_timeout, REFUSED_REUSE_SECONDS)
         elif rotation.check_due(timer.now()):
             answer = yield Refetch(credentials, fetch_timeout, rotation.reuse_for())
@@ -308,7 +341,7 @@ def login_plan(
                 timer.last_fetch_error = answer
             delay = next(delays)
             if not timer.affords_wait(delay) or rotation.window_over(
-                kind, timer.elapsed() + delay
+                verdict.failure, timer.elapsed() + delay
             ):
                 break
             yield Wait(delay)
@@ -320,16 +353,15 @@ def login_plan(
         if not login_timeout:
             break
         timer.logins += 1
-        new_error = yield Connect(credentials, login_timeout)
-        if new_error is None:
-            return
-        error = _as_exception(new_error)
-        kind = classify_login_error(error)
-        if kind is Failure.TRANSIENT:
-            raise error
-    if kind is Failure.UNRECOGNISED:
-        raise error
-    raise _gave_up(credentials, secret_id, budget, timer) from error
+        error = yield Connect(credentials, login_timeout)
+        if error is None:
+            return success(credentials)
+        verdict = judge(error, credentials)
+        if verdict.failure is Failure.TRANSIENT:
+            raise verdict.error
+    if verdict.failure is Failure.UNRECOGNISED:
+        raise verdict.error
+    raise _gave_up(credentials, secret_id, budget, timer) from verdict.error
 
 
 @dataclass
