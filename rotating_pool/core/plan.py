@@ -385,8 +385,9 @@ class _Rotation:
         self.under_way = self.under_way or found
 
     def check_due(self, now: float) -> bool:
-        # Without a rotation the store's reuse window bounds the calls.
-        return not self.under_way or now - self.last_check >= self.reuse_for()
+        # Once per reuse window in this plan; across plans the store's reuse
+        # window answers a repeated check without a call.
+        return now - self.last_check >= self.reuse_for()
 
     def reuse_for(self) -> float:
         if self.under_way:
