@@ -176,7 +176,8 @@ def test_rotations_under_load_through_a_pooler_with_unlisted_refusals_fail_nothi
                 f"{result.failures} failed, {refused} unlisted refusals, "
                 f"{sum(pooler.changes.values())} password changes seen, "
                 f"{dict(counted.calls)} for {len(tokens)} rotations in "
-                f"{time.monotonic() - began:.1f} s"
+                f"{time.monotonic() - began:.1f} s, p99 {result.percentile(99):.2f} s, "
+                f"longest {result.percentile(100):.2f} s"
             )
         assert result.failures == 0, dict(result.errors)
         assert result.commits > 0
