@@ -107,6 +107,7 @@ class _Run:
             on_verdict=self.judged,
             first_failed=first.error if first is not None else None,
             started=first.started if first is not None else None,
+            changed_ago=store.changed_ago(),
         )
 
     def first(self) -> Action:

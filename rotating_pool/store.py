@@ -159,6 +159,7 @@ class CredentialStore:
         self.use_pending = use_pending
         self._clock = clock
         self._current: Credentials | None = None
+        self._changed_at: float | None = None  # when `_current` replaced others
         self._next_poll = 0.0
         self._counts: dict[str, int] = dict.fromkeys(Stats.__dataclass_fields__, 0)
         # What was refused and what a refetch found: the core's rules, held here.
@@ -247,6 +248,12 @@ class CredentialStore:
         waits; starts a background refresh when one is due (`refresh_if_due`)."""
         self.refresh_if_due()
         return self._current
+
+    def changed_ago(self) -> float | None:
+        """Seconds since the credentials in use replaced others (a rotation
+        seen), or None while they are the first ones read. Never waits."""
+        changed_at = self._changed_at
+        return None if changed_at is None else self._clock() - changed_at
 
     def held_instead_of(self, rejected: Credentials) -> Credentials | None:
         """The credentials in use, if they are not `rejected`; None otherwise. Never waits."""
@@ -402,6 +409,7 @@ class CredentialStore:
         self._current = credentials
         if previous is not None:
             self._counts["credential_changes"] += 1
+            self._changed_at = self._clock()
         logger.info(
             "secret %r: now using user %r, version %s (%s) because %s",
             self.secret_id,

@@ -288,13 +288,14 @@ def test_an_unrecognised_fatal_checks_the_secret_once_and_uses_what_is_new():
         steps.send(None)
 
 
-def test_an_unrecognised_fatal_with_nothing_new_is_raised_at_once():
+def test_an_unrecognised_fatal_with_nothing_new_is_retried_not_raised_at_once():
+    # Issue 25: it may be a pooler still learning the new password; the rules
+    # and their bound are in tests/test_unrecognised_refusals.py.
     steps = plan()
     next(steps)
     steps.send(ODD_FATAL)
-    with pytest.raises(OSError) as raised:
-        steps.send(None)
-    assert raised.value is ODD_FATAL
+    assert isinstance(steps.send(None), Wait)
+    assert steps.send(None) == Recheck(OLD)
 
 
 def test_an_unrecognised_fatal_then_a_refusal_of_new_credentials_recovers_as_usual():

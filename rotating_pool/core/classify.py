@@ -30,8 +30,10 @@ class Failure(enum.Enum):
     REFUSED = "refused"
     """The server, pooler or proxy refused these credentials: look for others."""
     UNRECOGNISED = "unrecognised"
-    """The server refused the login for a reason not known here: check the
-    secret once, in case it is about the credentials."""
+    """The server, pooler or proxy refused the login (an ErrorResponse, FATAL
+    or ERROR) in words not known here: it may be about the credentials (a
+    pooler still learning a new password says so in its own words), so the
+    plan rides it out, within a shorter window unless a rotation is under way."""
     TRANSIENT = "transient"
     """Not about credentials (network, capacity, TLS, a missing database):
     other credentials would not help, so Secrets Manager is not asked."""
@@ -81,8 +83,14 @@ _TRANSIENT_MESSAGE = re.compile(
     r"|certificate|sslmode|server does not support",
     re.IGNORECASE,
 )
-# A message from the server, pooler or proxy (as opposed to the network).
+# A message from the server, pooler or proxy (as opposed to the network), as
+# libpq words it ("FATAL:  ...", "ERROR:  ...": the ErrorResponse's severity).
 _SERVER_SPOKE = re.compile(r"\bFATAL\b|\bERROR\b")
+# The severities of an ErrorResponse that ends a login. Drivers that keep the
+# response's fields show it apart from the text: asyncpg's `severity_en`
+# (`severity` is localised), pg8000's `V`/`S` in args[0]; asyncpg's str() is
+# the message alone, so an ERROR without a SQLSTATE shows nothing else.
+_ERROR_SEVERITIES = frozenset({"ERROR", "FATAL", "PANIC"})
 
 
 def classify_login_error(error: BaseException) -> Failure:
@@ -91,21 +99,25 @@ def classify_login_error(error: BaseException) -> Failure:
     The rule: a known wording of a refusal is `Failure.REFUSED`; errors about
     the network, capacity, server state, a missing database or TLS are
     `Failure.TRANSIENT`; then SQLSTATE class 28 is `Failure.REFUSED`; any
-    other error the server (or a pooler or proxy) sent at login is
-    `Failure.UNRECOGNISED`; an error with no server message at all is
-    `Failure.TRANSIENT`.
+    other error the server (or a pooler or proxy) sent at login, at severity
+    FATAL or ERROR alike, is `Failure.UNRECOGNISED`; an error with no server
+    message at all is `Failure.TRANSIENT`.
 
     >>> classify_login_error(OSError('FATAL:  password authentication failed for user "app"'))
     <Failure.REFUSED: 'refused'>
     >>> classify_login_error(OSError("FATAL:  the moon is made of cheese"))
     <Failure.UNRECOGNISED: 'unrecognised'>
+    >>> classify_login_error(OSError("ERROR:  the moon is made of cheese"))
+    <Failure.UNRECOGNISED: 'unrecognised'>
     >>> classify_login_error(OSError("connection refused"))
     <Failure.TRANSIENT: 'transient'>
     """
     sqlstate: str | None = None
+    spoke = False
     texts: list[str] = []
     for link in _chain(error):
         sqlstate = sqlstate or _sqlstate_of(link)
+        spoke = spoke or _severity_of(link) in _ERROR_SEVERITIES
         texts.append(str(link))
     text = "\n".join(texts)
     # A refusal first: libpq's sslmode=prefer may append a second attempt's
@@ -118,7 +130,7 @@ def classify_login_error(error: BaseException) -> Failure:
         return Failure.TRANSIENT
     if sqlstate is not None and sqlstate.startswith(_REFUSED_SQLSTATE_CLASS):
         return Failure.REFUSED
-    if sqlstate is not None or _SERVER_SPOKE.search(text):
+    if sqlstate is not None or spoke or _SERVER_SPOKE.search(text):
         return Failure.UNRECOGNISED
     return Failure.TRANSIENT
 
@@ -184,4 +196,19 @@ def _sqlstate_of(error: BaseException) -> str | None:
     for arg in error.args:
         if isinstance(arg, dict) and isinstance(arg.get("C"), str):
             return str(arg["C"])
+    return None
+
+
+def _severity_of(error: BaseException) -> str | None:
+    # asyncpg: `severity_en` (the V field), else `severity` (S, maybe localised).
+    for name in ("severity_en", "severity"):
+        value = getattr(error, name, None)
+        if isinstance(value, str) and value:
+            return value
+    # pg8000: the fields dict, as for the SQLSTATE.
+    for arg in error.args:
+        if isinstance(arg, dict):
+            value = arg.get("V") or arg.get("S")
+            if isinstance(value, str):
+                return value
     return None

@@ -26,7 +26,7 @@ from rotating_pool.errors import (
     RotatingPoolError,
     SecretsManagerUnavailableError,
 )
-from rotating_pool.secret import Credentials
+from rotating_pool.secret import AWSPENDING, Credentials
 
 __all__ = [
     "MIN_LOGIN_SECONDS",
@@ -51,9 +51,33 @@ answer for this long: retries with the same credentials (a pooler or proxy
 still learning the new password) cost no further Secrets Manager call."""
 
 UNRECOGNISED_REUSE_SECONDS = 60.0
-"""After a login error the policy does not recognise, a refetch that found
-nothing new is taken as the answer for this long: a pooler that cannot reach
-its server costs at most one Secrets Manager call per process per minute."""
+"""After a login error the policy does not recognise, with no rotation under
+way, a refetch that found nothing new is taken as the answer for this long: a
+pooler that cannot reach its server, or a missing CONNECT privilege, costs at
+most one Secrets Manager call per process per minute."""
+
+UNRECOGNISED_WINDOW_SECONDS = 3.0
+"""How long a login refused in words the policy does not know is retried when
+no rotation is under way (`ROTATION_RECENT_SECONDS`): a momentary refusal (a
+pooler reopening its server connections) gets three or four retries with the
+budget's backoff (ceilings 0.25, 0.5, 1 and 2 s), while a permanent one (a
+missing CONNECT privilege, a misconfigured pooler) fails each request in about
+3 s instead of holding it for the whole deadline (20 s by default)."""
+
+ROTATION_RECENT_SECONDS = 300.0
+"""For this long after the credentials in use changed (a refetch or the
+periodic refresh found a new version), a rotation counts as just happened, and
+an unrecognised refusal is ridden out for the whole deadline as a recognised
+one is. 300 s is the Secrets Manager Agent's default cache TTL: a component
+that learns the new password from such a cache has learnt it by then."""
+
+ROTATION_UNRECOGNISED_REUSE_SECONDS = 5.0
+"""During a rotation, an unrecognised refusal checks the secret at most once
+per this long per credentials and process; credentials the process learnt
+less than this long ago count as checked. What such a check could find is the
+rotation's next label move, which comes seconds apart at the fastest, while a
+pooler that refuses a share of logins for a while would otherwise cost a
+DescribeSecret per second; 5 s keeps four checks at most in a 20 s deadline."""
 
 
 def _positive_number(name: str, value: object, *, allow_zero: bool = True) -> float:
@@ -237,10 +261,15 @@ def login_plan(
     rng: random.Random | None = None,
     clock: Callable[[], float] = time.monotonic,
     on_verdict: Callable[[Verdict], None] | None = None,
+    changed_ago: float | None = None,
     first_failed: BaseException | None = None,
     started: float | None = None,
 ) -> Generator[Action, Answer, Success]:
     """The login policy; see the module docstring for how it is driven.
+
+    `changed_ago` is what the store knows of a rotation: seconds since the
+    credentials in use (`credentials`) replaced others, or None when they are
+    the first ones it read.
 
     0. Without credentials yet, load the secret; throttling and outages are
        retried with the budget's delays, other errors are raised at once.
@@ -248,16 +277,24 @@ def login_plan(
     2. The error is judged once (`judge_login_error`), and the `Verdict`
        handed to `on_verdict` (the shell's counters, logs and telemetry
        receive it; none of them classifies again). Transient: raised as
-       is. Unrecognised: one refetch (at most one Secrets Manager call per
-       process per minute while it repeats); new credentials are tried, else
-       the driver's error is raised at once.
+       is (at any round).
     3. Refused: refetch. The store offers AWSCURRENT when it moved, else
        AWSPENDING (a single-user rotation between setSecret and finishSecret).
        New credentials are tried at once; when there is nothing new (or the
        read failed), wait the next delay and log in again with the same ones,
        or with what another caller of the process recovered meanwhile.
-    4. When the rounds or the deadline are spent, raise `LoginRejectedError`
-       chained to the driver's last error, saying how long it took.
+    4. Unrecognised (the server or a pooler refused in words not known here):
+       the same rounds, for it may be a pooler still learning a new password.
+       During a rotation (the credentials changed less than
+       `ROTATION_RECENT_SECONDS` ago, are AWSPENDING, or this plan found new
+       ones) the secret is checked at most once per
+       `ROTATION_UNRECOGNISED_REUSE_SECONDS` and the deadline is the bound.
+       Otherwise a check costs at most one call per `UNRECOGNISED_REUSE_SECONDS`
+       and no retry starts after `UNRECOGNISED_WINDOW_SECONDS`.
+    5. When the rounds, the deadline or that window are spent: after a
+       recognised refusal, raise `LoginRejectedError` chained to the driver's
+       last error, saying how long it took; after an unrecognised one, raise
+       the driver's error as is (its wording is all there is to go on).
 
     A shell that holds credentials may take step 1 itself (`first_login`)
     and start the plan only when that login fails: `first_failed` is its
@@ -286,6 +323,7 @@ def login_plan(
 
     if credentials is None:
         credentials = yield from _first_load(secret_id, budget, timer, delays)
+    rotation = _Rotation.at_start(credentials, changed_ago, timer.now())
     timer.logins += 1
     if first_failed is not None:
         error: Answer = first_failed  # the shell took the first step (`first_login`)
@@ -296,39 +334,32 @@ def login_plan(
     verdict = judge(error, credentials)
     if verdict.failure is Failure.TRANSIENT:
         raise verdict.error
-    if verdict.failure is Failure.UNRECOGNISED:
-        fetch_timeout = timer.fetch_timeout()
-        if fetch_timeout is None:
-            raise verdict.error
-        answer = yield Refetch(credentials, fetch_timeout, UNRECOGNISED_REUSE_SECONDS)
-        login_timeout = timer.login_timeout() or 0
-        if not isinstance(answer, Credentials) or not login_timeout:
-            raise verdict.error
-        credentials = answer
-        timer.logins += 1
-        error = yield Connect(credentials, login_timeout)
-        if error is None:
-            return success(credentials)
-        verdict = judge(error, credentials)
-        if not verdict.refused:
-            raise verdict.error
     for _round in range(budget.rounds):
         fetch_timeout = timer.fetch_timeout()
-        if fetch_timeout is None:
+        if fetch_timeout is None or rotation.window_over(verdict.failure, timer.elapsed()):
             break
-        answer = yield Refetch(credentials, fetch_timeout, REFUSED_REUSE_SECONDS)
+        answer: Answer = None
+        if verdict.refused:
+            answer = yield Refetch(credentials, fetch_timeout, REFUSED_REUSE_SECONDS)
+        elif rotation.check_due(timer.now()):
+            answer = yield Refetch(credentials, fetch_timeout, rotation.reuse_for())
+            rotation.checked(timer.now(), found=False)
         if isinstance(answer, Credentials):
             credentials = answer
+            rotation.checked(timer.now(), found=True)
         else:
             if isinstance(answer, BaseException):
                 timer.last_fetch_error = answer
             delay = next(delays)
-            if not timer.affords_wait(delay):
+            if not timer.affords_wait(delay) or rotation.window_over(
+                verdict.failure, timer.elapsed() + delay
+            ):
                 break
             yield Wait(delay)
             newer = yield Recheck(credentials)
             if isinstance(newer, Credentials):
-                credentials = newer
+                credentials = newer  # another caller's recovery: a rotation
+                rotation.checked(timer.now(), found=True)
         login_timeout = timer.login_timeout() or 0
         if not login_timeout:
             break
@@ -337,9 +368,50 @@ def login_plan(
         if error is None:
             return success(credentials)
         verdict = judge(error, credentials)
-        if not verdict.refused:
+        if verdict.failure is Failure.TRANSIENT:
             raise verdict.error
+    if verdict.failure is Failure.UNRECOGNISED:
+        raise verdict.error
     raise _gave_up(credentials, secret_id, budget, timer) from verdict.error
+
+
+@dataclass
+class _Rotation:
+    """What one plan knows of a rotation, for refusals it does not recognise."""
+
+    under_way: bool
+    last_check: float  # when the credentials in hand were last known the newest
+
+    @classmethod
+    def at_start(
+        cls, credentials: Credentials, changed_ago: float | None, now: float
+    ) -> _Rotation:
+        if changed_ago is None:  # the first credentials read: no rotation seen
+            return cls(credentials.stage == AWSPENDING, -math.inf)
+        recent = changed_ago < ROTATION_RECENT_SECONDS or credentials.stage == AWSPENDING
+        return cls(recent, now - changed_ago)
+
+    def checked(self, now: float, *, found: bool) -> None:
+        self.last_check = now
+        self.under_way = self.under_way or found
+
+    def check_due(self, now: float) -> bool:
+        # Once per reuse window in this plan; across plans the store's reuse
+        # window answers a repeated check without a call.
+        return now - self.last_check >= self.reuse_for()
+
+    def reuse_for(self) -> float:
+        if self.under_way:
+            return ROTATION_UNRECOGNISED_REUSE_SECONDS
+        return UNRECOGNISED_REUSE_SECONDS
+
+    def window_over(self, kind: Failure, elapsed: float) -> bool:
+        """Whether an unrecognised refusal outside a rotation has had its time."""
+        return (
+            kind is Failure.UNRECOGNISED
+            and not self.under_way
+            and elapsed > UNRECOGNISED_WINDOW_SECONDS
+        )
 
 
 def first_login(credentials: Credentials, budget: RetryBudget) -> Connect:

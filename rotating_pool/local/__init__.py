@@ -15,6 +15,9 @@ Debian's packages.
   `LocalPostgres` (auth_query, transaction pooling).
 - `LocalRdsProxy`: a local stand-in (not AWS's) for RDS Proxy: the PostgreSQL
   wire protocol on 127.0.0.1, letting through only the secret's AWSCURRENT user.
+- `UnlistedRefusalPooler`: a local stand-in (not a product) for a pooler whose
+  refusal wording no list holds: after a password change it refuses a share
+  of the logins with the new password (severity ERROR, no SQLSTATE) for a while.
 - `WriteLoad`: writer threads committing one row per transaction, counting.
 - `HostileAgent`: a stand-in (not the agent) for what another local user could
   put on the agent's port: a 200 answer one byte at a time, a huge body, a
@@ -36,6 +39,7 @@ from rotating_pool.local.proxy import FaultProxy
 from rotating_pool.local.rdsproxy import LocalRdsProxy
 from rotating_pool.local.secretsmanager import LocalSecretsManager
 from rotating_pool.local.tls import CertificateAuthority
+from rotating_pool.local.unlisted import UnlistedRefusalPooler
 from rotating_pool.local.workload import WriteLoad, WriteLoadResult, static_url
 
 __all__ = [
@@ -50,6 +54,7 @@ __all__ = [
     "LocalRdsProxy",
     "LocalSecretsManager",
     "StartupRecord",
+    "UnlistedRefusalPooler",
     "WriteLoad",
     "WriteLoadResult",
     "free_port",

@@ -15,12 +15,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import struct
 import threading
-from collections import Counter
 from typing import TYPE_CHECKING, NamedTuple
 
-from rotating_pool.local._process import LocalService, free_port
+from rotating_pool.local._wire import WireFront, error_response, relay, startup_parameters
 
 if TYPE_CHECKING:
     from mypy_boto3_secretsmanager import SecretsManagerClient
@@ -30,16 +28,6 @@ __all__ = ["LocalRdsProxy", "ProxyCredentials", "no_credentials_message"]
 logger = logging.getLogger("rotating_pool.local")
 
 _NAME = "RDS Proxy stand-in"
-# First messages a client may send (PostgreSQL protocol, "Message Formats").
-_PROTOCOL_3 = 196608
-_SSL_REQUEST = 80877103
-_GSSENC_REQUEST = 80877104
-_CANCEL_REQUEST = 80877102
-_MAX_STARTUP = 10_000
-_CHUNK = 65536
-_CONNECT_TIMEOUT = 10.0
-_STARTUP_TIMEOUT = 30.0
-_STOP_TIMEOUT = 5.0
 
 
 def no_credentials_message(user: str) -> str:
@@ -65,7 +53,7 @@ class ProxyCredentials(NamedTuple):
     version_id: str
 
 
-class LocalRdsProxy(LocalService):
+class LocalRdsProxy(WireFront):
     """A LOCAL STAND-IN for Amazon RDS Proxy (not the AWS service).
 
     Toward a client it behaves as RDS Proxy does across a rotation:
@@ -109,6 +97,8 @@ class LocalRdsProxy(LocalService):
         port: the TCP port; by default a free one.
     """
 
+    name = _NAME
+
     def __init__(
         self,
         client: SecretsManagerClient,
@@ -121,33 +111,19 @@ class LocalRdsProxy(LocalService):
     ) -> None:
         if refresh_interval is not None and refresh_interval <= 0:
             raise ValueError("refresh_interval must be positive (or None: no background reads)")
+        super().__init__(target, host, port)
         self._client = client
         self._secret_id = secret_id
-        self._target = target
         self._refresh_interval = refresh_interval
-        self._host = host
-        self._port = port
-        # Guards the credentials, the counters and `reads`; waiters sleep on it.
-        self._state = threading.Condition()
+        # `_state` also guards the credentials and `reads`.
         self._credentials: ProxyCredentials | None = None
-        self._refusals: Counter[str] = Counter()
-        self._passed: Counter[str] = Counter()
         self._reads = 0
         self._read_lock = threading.Lock()
         self._stopping = threading.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._server: asyncio.base_events.Server | None = None
-        self._threads: list[threading.Thread] = []
-        self._connections: set[asyncio.StreamWriter] = set()
 
     def __repr__(self) -> str:
         where = f"{self._host}:{self._port}" if self._port else "not started"
         return f"LocalRdsProxy({where}, stand-in for RDS Proxy)"
-
-    @property
-    def host(self) -> str:
-        """The address the stand-in listens on."""
-        return self._host
 
     # -- what it knows and did ------------------------------------------------
 
@@ -156,18 +132,6 @@ class LocalRdsProxy(LocalService):
         """The user it lets through and the version it came from (None before the first read)."""
         with self._state:
             return self._credentials
-
-    @property
-    def refusals(self) -> Counter[str]:
-        """Logins refused for lack of credentials, per user (a copy)."""
-        with self._state:
-            return Counter(self._refusals)
-
-    @property
-    def passed(self) -> Counter[str]:
-        """Connections passed on to PostgreSQL, per user (a copy)."""
-        with self._state:
-            return Counter(self._passed)
 
     @property
     def reads(self) -> int:
@@ -209,11 +173,6 @@ class LocalRdsProxy(LocalService):
                 timeout,
             )
 
-    def wait_for_refusals(self, user: str, count: int, timeout: float) -> bool:
-        """Wait until `count` logins of `user` were refused; False if `timeout` passes first."""
-        with self._state:
-            return self._state.wait_for(lambda: self._refusals[user] >= count, timeout)
-
     # -- lifecycle ------------------------------------------------------------
 
     def start(self) -> LocalRdsProxy:
@@ -222,18 +181,7 @@ class LocalRdsProxy(LocalService):
             raise RuntimeError("LocalRdsProxy is already started")
         self._stopping.clear()
         self.refresh_now()
-        if self._port is None:
-            self._port = free_port(self._host)
-        loop = asyncio.new_event_loop()
-        try:
-            self._server = loop.run_until_complete(
-                asyncio.start_server(self._serve, self._host, self._port)
-            )
-        except BaseException:
-            loop.close()
-            raise
-        self._loop = loop
-        self._spawn(loop.run_forever, "serve")
+        self._listen()
         if self._refresh_interval is not None:
             self._spawn(self._read_periodically, "reads")
         logger.info(
@@ -249,41 +197,7 @@ class LocalRdsProxy(LocalService):
     def stop(self) -> None:
         """Stop listening, close every relayed connection, stop the background reads."""
         self._stopping.set()
-        loop, self._loop = self._loop, None
-        if loop is not None:
-            future = asyncio.run_coroutine_threadsafe(self._shut_down(), loop)
-            future.result(timeout=10)
-            loop.call_soon_threadsafe(loop.stop)
-        for thread in self._threads:
-            thread.join()
-        self._threads.clear()
-        if loop is not None:
-            loop.close()
-            logger.info("%s on port %s stopped", _NAME, self._port)
-
-    def _spawn(self, target: object, what: str) -> None:
-        thread = threading.Thread(
-            target=target,  # type: ignore[arg-type]
-            name=f"LocalRdsProxy-{what}:{self._port}",
-            daemon=True,
-        )
-        thread.start()
-        self._threads.append(thread)
-
-    async def _shut_down(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
-        # Closing the sockets ends every relay and startup read on its own;
-        # cancelling those tasks instead makes asyncio's stream callback log errors.
-        for writer in list(self._connections):
-            writer.close()
-        tasks = asyncio.all_tasks() - {asyncio.current_task()}
-        if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=_STOP_TIMEOUT)
-            for task in pending:
-                task.cancel()
+        self._close()
 
     def _read_periodically(self) -> None:
         assert self._refresh_interval is not None
@@ -295,43 +209,10 @@ class LocalRdsProxy(LocalService):
 
     # -- the protocol ---------------------------------------------------------
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._connections.add(writer)
-        try:
-            startup = await asyncio.wait_for(self._read_startup(reader, writer), _STARTUP_TIMEOUT)
-            if startup is not None:
-                await self._answer(startup, reader, writer)
-        except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, ValueError) as exc:
-            logger.debug("%s: client connection ended: %r", _NAME, exc)
-        finally:
-            self._connections.discard(writer)
-            writer.close()
-
-    async def _read_startup(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> bytes | None:
-        """Return the client's StartupMessage (after answering TLS requests), or None."""
-        while True:
-            length, code = struct.unpack("!II", await reader.readexactly(8))
-            if not 8 <= length <= _MAX_STARTUP:
-                raise ValueError(f"bad startup packet length {length}")
-            body = await reader.readexactly(length - 8)
-            if code in (_SSL_REQUEST, _GSSENC_REQUEST):
-                writer.write(b"N")
-                await writer.drain()
-                continue
-            message = struct.pack("!II", length, code) + body
-            if code == _CANCEL_REQUEST:
-                await self._forward_cancel(message)
-                return None
-            if code != _PROTOCOL_3:
-                raise ValueError(f"unsupported protocol {code >> 16}.{code & 0xFFFF}")
-            return message
-
     async def _answer(
         self, startup: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
-        user = _startup_parameters(startup[8:]).get("user", "")
+        user = startup_parameters(startup[8:]).get("user", "")
         with self._state:
             known = self._credentials.username if self._credentials else None
             if user != known:
@@ -341,54 +222,13 @@ class LocalRdsProxy(LocalService):
                 self._passed[user] += 1
         if user != known:
             logger.debug("%s: refused %r: no credentials for it", _NAME, user)
-            writer.write(_fatal("28000", no_credentials_message(user)))
+            writer.write(error_response("FATAL", no_credentials_message(user), "28000"))
             await writer.drain()
             return
-        upstream_reader, upstream_writer = await asyncio.wait_for(
-            asyncio.open_connection(*self._target), _CONNECT_TIMEOUT
-        )
-        self._connections.add(upstream_writer)
+        upstream_reader, upstream_writer = await self._open_upstream()
         try:
             upstream_writer.write(startup)
             await upstream_writer.drain()
-            await asyncio.gather(_relay(reader, upstream_writer), _relay(upstream_reader, writer))
+            await asyncio.gather(relay(reader, upstream_writer), relay(upstream_reader, writer))
         finally:
-            self._connections.discard(upstream_writer)
-            upstream_writer.close()
-
-    async def _forward_cancel(self, message: bytes) -> None:
-        _, upstream_writer = await asyncio.wait_for(
-            asyncio.open_connection(*self._target), _CONNECT_TIMEOUT
-        )
-        upstream_writer.write(message)
-        await upstream_writer.drain()
-        upstream_writer.close()
-
-
-async def _relay(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
-    """Copy bytes until `source` ends, then close `sink` (which ends the other direction)."""
-    try:
-        while data := await source.read(_CHUNK):
-            sink.write(data)
-            await sink.drain()
-    except OSError:
-        pass
-    finally:
-        sink.close()
-
-
-def _startup_parameters(body: bytes) -> dict[str, str]:
-    """The name/value pairs of a StartupMessage body (after length and protocol)."""
-    parts = body.split(b"\x00")
-    pairs = [part.decode("utf-8", "replace") for part in parts]
-    return dict(zip(pairs[0::2], pairs[1::2], strict=False))
-
-
-def _fatal(sqlstate: str, message: str) -> bytes:
-    """An ErrorResponse message, severity FATAL."""
-    fields = b"".join(
-        kind + value.encode() + b"\x00"
-        for kind, value in ((b"S", "FATAL"), (b"V", "FATAL"), (b"C", sqlstate), (b"M", message))
-    )
-    payload = fields + b"\x00"
-    return b"E" + struct.pack("!I", len(payload) + 4) + payload
+            self._release_upstream(upstream_writer)
