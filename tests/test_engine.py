@@ -311,6 +311,66 @@ def test_engines_with_other_settings_on_one_secret_share_one_store_and_its_reads
     assert rotating_pool.stats(plain).refetches == 1
 
 
+def _current_version(sm_client, arn) -> str:
+    stages = sm_client.describe_secret(SecretId=arn)["VersionIdsToStages"]
+    return next(v for v, labels in stages.items() if "AWSCURRENT" in labels)
+
+
+def test_once_a_recovery_found_awscurrent_moved_the_next_is_one_getsecretvalue(
+    make_secret, app_schema, postgres, sm_client, via_proxy
+):
+    # Alternating rotation moves AWSCURRENT before the old password changes:
+    # GetSecretValue(AWSCURRENT) carries VersionId and VersionStages, the whole answer.
+    arn = make_secret("single")
+    engine = rotating_pool.create_engine(URL, secret_id=arn)
+    user = app_schema.users[0]
+    who(engine)
+    for number, calls in (
+        (1, {"DescribeSecret": 1, "GetSecretValue": 1}),
+        (2, {"GetSecretValue": 1}),
+    ):
+        engine.dispose()
+        document = {**current_document(sm_client, arn), "password": f"moved-{number}"}
+        put_version(sm_client, arn, document, "AWSCURRENT")
+        set_password(postgres, user, f"moved-{number}")
+        via_proxy.reset_calls()
+        assert who(engine)[0] == user
+        assert via_proxy.calls == calls, number
+
+
+def test_credentials_read_as_awspending_are_replaced_by_the_next_awspending_in_one_call(
+    make_secret, app_schema, postgres, sm_client, via_proxy
+):
+    # Single-user rotations seen between setSecret and finishSecret: once the
+    # process logs in with an AWSPENDING, its refusal means a newer rotation
+    # has set a newer password, which is that rotation's AWSPENDING.
+    arn = make_secret("single")
+    engine = rotating_pool.create_engine(URL, secret_id=arn)
+    user = app_schema.users[0]
+    who(engine)
+    for number, calls in (
+        (1, {"DescribeSecret": 1, "GetSecretValue": 1}),
+        (2, {"GetSecretValue": 1}),
+    ):
+        engine.dispose()
+        previous = _current_version(sm_client, arn)
+        document = {**current_document(sm_client, arn), "password": f"pending-{number}"}
+        version = put_version(sm_client, arn, document, "AWSPENDING")  # createSecret
+        set_password(postgres, user, f"pending-{number}")  # setSecret
+        via_proxy.reset_calls()
+        assert who(engine)[0] == user
+        assert via_proxy.calls == calls, number
+        sm_client.update_secret_version_stage(  # finishSecret
+            SecretId=arn,
+            VersionStage="AWSCURRENT",
+            MoveToVersionId=version,
+            RemoveFromVersionId=previous,
+        )
+        sm_client.update_secret_version_stage(
+            SecretId=arn, VersionStage="AWSPENDING", RemoveFromVersionId=version
+        )
+
+
 def test_forked_children_use_an_engine_made_before_the_fork(make_secret):
     engine = rotating_pool.create_engine(URL, secret_id=make_secret())
     parent_view = who(engine)

@@ -10,24 +10,23 @@ from pathlib import Path
 import pytest
 
 from rotating_pool import LoginRejectedError, RetryBudget, is_login_rejection
-from rotating_pool.errors import (
-    ConfigurationError,
-    SecretNotFoundError,
-    SecretsManagerUnavailableError,
-)
-from rotating_pool.policy import (
+from rotating_pool.core.classify import Failure, classify_login_error, judge_login_error
+from rotating_pool.core.plan import (
     REFUSED_REUSE_SECONDS,
     UNRECOGNISED_REUSE_SECONDS,
     Connect,
-    Failure,
     Load,
     Recheck,
     Refetch,
     Success,
     Wait,
-    classify_login_error,
-    judge_login_error,
+    first_login,
     login_plan,
+)
+from rotating_pool.errors import (
+    ConfigurationError,
+    SecretNotFoundError,
+    SecretsManagerUnavailableError,
 )
 from rotating_pool.secret import Credentials
 
@@ -449,3 +448,16 @@ def test_a_verdict_never_shows_the_error_or_the_password():
     assert verdict.refused and verdict.refusals == 1
     assert "s3cr3t-pw" not in repr(verdict)
     assert "authentication failed" not in repr(verdict)
+
+
+def test_a_plan_started_after_the_shell_took_its_first_login_goes_on_from_there():
+    clock = FakeClock()
+    assert first_login(OLD, RetryBudget(deadline=20.0)) == Connect(OLD, 20)
+    clock.now = 5.0  # the first login took 5 s and was refused
+    steps = plan(clock=clock, first_failed=REFUSED, started=0.0)
+    # No second first login: the refusal is judged, and the deadline counts from 0.
+    assert next(steps) == Refetch(OLD, 13.0, REFUSED_REUSE_SECONDS)
+    assert steps.send(NEW) == Connect(NEW, 15)
+    with pytest.raises(StopIteration) as ended:
+        steps.send(None)
+    assert ended.value.value == Success(NEW, confirm=True, refusals=1)
