@@ -306,3 +306,38 @@ def test_a_refused_login_fails_within_the_deadline_as_operational_error(
     assert isinstance(raised.value.__cause__, LoginRejectedError)
     assert wrong not in str(raised.value)
     assert all(wrong not in record.getMessage() for record in caplog.records)
+
+
+def sessions_of(postgres, user: str) -> int:
+    with postgres.admin_connect() as admin:
+        return admin.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE usename = %s", (user,)
+        ).fetchone()[0]
+
+
+@pytest.mark.slow
+def test_retire_after_drains_djangos_pool_of_connections_on_old_credentials(
+    make_secret, sm_client, app_schema, postgres
+):
+    arn = make_secret("alternating")
+    retire_after = 5.0
+    alias = add_database(
+        arn,
+        app_schema.dbname,
+        OPTIONS={"retire_after": retire_after, "pool": {"min_size": 4, "max_lifetime": 3600}},
+    )
+    connection = connections[alias]
+    connection.pool.open()
+    connection.pool.wait()  # its 4 connections logged in
+    first = connection.credential_store.held().username
+    assert sessions_of(postgres, first) == 4
+    rotate(sm_client, arn, 1)  # alternating: the other user; nothing is refused
+    rotated = time.monotonic()
+    while sessions_of(postgres, first) and time.monotonic() - rotated < retire_after + 2.0:
+        time.sleep(0.1)  # polling the server's view; there is no event to wait on
+    assert sessions_of(postgres, first) == 0
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT session_user")
+        assert cursor.fetchone()[0] != first
+    connection.close()
+    connection.close_pool()

@@ -261,3 +261,44 @@ def test_retire_superseded_drains_connections_on_old_credentials_within_retire_a
         with pool.connection() as conn:
             assert conn.execute("SELECT session_user").fetchone()[0] != first_user
         retirement.stop()
+
+
+@pytest.mark.slow
+def test_retire_superseded_drains_an_async_pool_on_its_loop(make_secret, sm_client, postgres):
+    arn = make_secret("alternating")
+    retire_after = 5.0
+
+    def old_sessions(user: str) -> int:
+        with postgres.admin_connect() as admin:
+            return admin.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE usename = %s", (user,)
+            ).fetchone()[0]
+
+    async def main() -> tuple[int, int, str, str]:
+        pool = AsyncConnectionPool(
+            connection_class=async_connection_class(arn),
+            min_size=4,
+            max_lifetime=3600,
+            open=False,
+        )
+        async with pool:
+            await pool.wait()
+            retirement = retire_superseded(pool, retire_after)
+            first = pool.connection_class.store.held().username
+            before = await asyncio.to_thread(old_sessions, first)
+            await asyncio.to_thread(rotate, sm_client, arn, 1)
+            rotated = time.monotonic()
+            while time.monotonic() - rotated < retire_after + 2.0:
+                if not await asyncio.to_thread(old_sessions, first):
+                    break
+                await asyncio.sleep(0.1)  # polling the server's view
+            after = await asyncio.to_thread(old_sessions, first)
+            async with pool.connection() as conn:
+                now = (await (await conn.execute("SELECT session_user")).fetchone())[0]
+            retirement.stop()
+            return before, after, first, now
+
+    before, after, first, now = asyncio.run(main())
+    assert before == 4
+    assert after == 0
+    assert now != first
