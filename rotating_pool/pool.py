@@ -32,6 +32,7 @@ the pool's own ``drain()`` (see its docstring for why not ``max_lifetime``).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 import threading
@@ -66,6 +67,7 @@ __all__ = [
     "RotatingConnection",
     "async_connection_class",
     "connection_class",
+    "connection_class_for",
     "retire_superseded",
 ]
 
@@ -149,6 +151,17 @@ def async_connection_class(secret_id: str, **options: Any) -> type[AsyncRotating
     """`connection_class` for `psycopg_pool.AsyncConnectionPool`."""
     made: type[AsyncRotatingConnection] = _subclass(
         AsyncRotatingConnection, LoginOptions(secret_id, **options)
+    )
+    return made
+
+
+def connection_class_for(options: LoginOptions) -> type[RotatingConnection]:
+    """`connection_class` from settings already validated (the Django backend's).
+
+    Their ``retire_after`` is left to the caller (`retire_superseded`).
+    """
+    made: type[RotatingConnection] = _subclass(
+        RotatingConnection, dataclasses.replace(options, retire_after=None)
     )
     return made
 

@@ -34,7 +34,7 @@ from rotating_pool.core.retirement import poll_interval, retirement_times, retir
 from rotating_pool.engine import connect_params
 from rotating_pool.errors import ConfigurationError, RotatingPoolError
 from rotating_pool.login_options import OPTION_NAMES, LoginOptions
-from rotating_pool.pool import PoolRetirement, RotatingConnection, connection_class
+from rotating_pool.pool import PoolRetirement, RotatingConnection, connection_class_for
 from rotating_pool.pool import retire_superseded as retire_pool
 from rotating_pool.secret import Credentials
 
@@ -65,9 +65,7 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):  # type: ignore[misc]
         if pool:
             pool = {} if pool is True else dict(pool)
             if not issubclass(pool.get("connection_class", object), RotatingConnection):
-                pool["connection_class"] = connection_class(
-                    **self._pool_login_settings(self.login_options)
-                )
+                pool["connection_class"] = connection_class_for(self.login_options)
             options["pool"] = pool
         elif self.login_options.retire_after is not None:
             self.credential_store.refresh_at_least_every(
@@ -77,17 +75,6 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):  # type: ignore[misc]
         # database's) keep rotating_pool's keys; get_connection_params drops them.
         super().__init__({**settings_dict, "OPTIONS": options}, alias)
         self._login: Credentials | None = None
-
-    @staticmethod
-    def _pool_login_settings(options: LoginOptions) -> dict[str, Any]:
-        return {
-            "secret_id": options.secret_id,
-            "client": options.client,
-            "refresh_interval": options.refresh_interval,
-            "retry": options.retry,
-            "use_pending": options.use_pending,
-            "source": options.source,
-        }
 
     @property
     def pool(self) -> Any:
