@@ -20,7 +20,13 @@ timeout)``): it awaits every read and delay and never blocks the loop.
 
 The shells decide nothing: the plan says what to do next; the shells carry it
 out, wait (a blocking call, an await, or SQLAlchemy's greenlet bridge:
-`rotating_pool.waiting`) and report what happened.
+`rotating_pool.waiting`) and report what happened. Both take the plan's first
+step (`rotating_pool.core.plan.first_login`) before starting the plan, so a
+login that succeeds, nearly every one, costs no plan.
+
+Departure from psycopg_pool's model (sync code generated from async): the two
+shells are written out, about thirty lines each, because all they share is
+the plan they drive; the rules are not repeated, only the waiting differs.
 """
 
 from __future__ import annotations

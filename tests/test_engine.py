@@ -575,3 +575,41 @@ def test_a_child_forked_while_the_store_registry_was_locked_can_make_engines(mak
     _, status = os.waitpid(pid, 0)
     assert os.read(reader, 2) == b"ok"
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_connect_parameters_are_built_once_per_credentials_change_not_per_connect():
+    class Dialect:  # a driver that records what it is given and returns at once
+        driver, is_async = "psycopg", False
+
+        def __init__(self):
+            self.given = []
+
+        def connect(self, *args, **params):
+            self.given.append(params)
+            return object()
+
+    class Entry:
+        def __init__(self):
+            self.info = {}
+
+    store = rotating_pool.CredentialStore(rotating_pool.SecretsManagerSource("db"))
+    first = Credentials("app_a", "pw-1", host="db.example", dbname="app", version_id="v1")
+    store.confirm(first)
+    dialect = Dialect()
+    hook = engine_module._ConnectHook(store, RetryBudget(), dialect)
+    cparams = {"host": "proxy.example"}
+    built = [hook._params(dict(cparams), first, 20) for _ in range(3)]
+    assert built[0] is built[1] is built[2]  # one dict while nothing changes
+    assert built[0] == {
+        "host": "proxy.example",  # the URL's host wins over the secret's
+        "user": "app_a",
+        "password": "pw-1",
+        "dbname": "app",
+        "connect_timeout": 20,
+    }
+    second = Credentials("app_b", "pw-2", host="db.example", dbname="app", version_id="v2")
+    assert hook._params(dict(cparams), second, 20)["user"] == "app_b"  # rebuilt on change
+    hook(dialect, Entry(), [], dict(cparams))
+    hook(dialect, Entry(), [], dict(cparams))
+    assert [p["user"] for p in dialect.given] == ["app_a", "app_a"]
+    assert dialect.given[0] is not dialect.given[1]  # the driver gets its own copy

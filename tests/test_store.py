@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
+import time
 from collections.abc import Sequence
 
 import pytest
 
 import rotating_pool.core.classify as classify
 from rotating_pool import CredentialStore, RetryBudget, SecretsManagerUnavailableError
-from rotating_pool.connect import login
+from rotating_pool.connect import login, login_async
 from rotating_pool.core.ledger import REFUSED_VERSIONS_KEPT, Ledger
 from rotating_pool.errors import RotatingPoolError
 from rotating_pool.secret import AWSPENDING, Credentials
+from rotating_pool.sources import VersionMemo
 
 A1 = Credentials("app_a", "pw-1", version_id="v1")
 B2 = Credentials("app_b", "pw-2", version_id="v2")
@@ -376,9 +379,10 @@ def test_a_refresh_never_adopts_a_version_refused_lately():
     store.confirm(A1)  # A1 logged in after all (a pooler had lagged)
     clock.now = 100.0
     source.gate, source.entered = threading.Event(), threading.Event()
+    before = set(threading.enumerate())
     store.held()  # the refresh is due: its poll answers B2, still AWSCURRENT
     assert source.entered.wait(WAIT)
-    (refresh,) = [t for t in threading.enumerate() if t.name == "rotating_pool-refresh-db"]
+    (refresh,) = set(threading.enumerate()) - before  # the refresh, held at the gate
     source.gate.set()
     refresh.join(WAIT)
     assert source.reads[-1] == "poll"
@@ -410,3 +414,47 @@ def test_a_refused_login_is_classified_once_whoever_counts_it(monkeypatch):
     stats = store.stats()
     assert (stats.logins, stats.rejected_logins, stats.recovered_logins) == (2, 1, 1)
     assert store.held() == B2
+
+
+def test_login_async_recovers_from_a_refusal_awaiting_the_shared_read():
+    source = FakeSource()
+    store = loaded_store(source)
+    source.current = B2
+    source.gate = threading.Event()  # the refetch waits until the test opens it
+    source.entered.clear()
+    refusal = OSError('FATAL:  password authentication failed for user "app_a"')
+    tried = []
+
+    async def connect(credentials, timeout):
+        tried.append((credentials, timeout))
+        if credentials == A1:
+            raise refusal
+        return "connection"
+
+    async def scenario():
+        task = asyncio.create_task(login_async(store, RetryBudget(), connect))
+        def read_started() -> float:
+            assert source.entered.wait(WAIT)
+            return time.monotonic()
+
+        started = await asyncio.to_thread(read_started)
+        # Back on the loop at once: the task awaits the read without blocking it.
+        assert time.monotonic() - started < 1.0 and not task.done()
+        source.gate.set()
+        return await asyncio.wait_for(task, WAIT)
+
+    assert asyncio.run(scenario()) == "connection"
+    assert [credentials for credentials, _ in tried] == [A1, B2]
+    assert tried[0][1] == 20  # the first login gets the whole deadline
+    stats = store.stats()
+    assert (stats.logins, stats.rejected_logins, stats.recovered_logins) == (2, 1, 1)
+
+
+def test_the_version_memo_tells_a_version_read_after_the_refused_one():
+    memo = VersionMemo()
+    memo.add(A1)
+    assert not memo.holds_other_than(("v1",), A1)
+    memo.add(B2)  # e.g. the periodic refresh read the new AWSCURRENT
+    assert memo.holds_other_than(("v1",), A1)
+    assert not memo.holds_other_than(("v1", "v2"), A1)  # refused too
+    assert not memo.holds_other_than(("v2",), B2)  # A1 was read before B2: older
