@@ -11,7 +11,10 @@ package and its rotation side import from there, then runs a copy of the tests
 package: the unit tests and one rotation of each strategy through the Lambda
 handler. The lowest Python runs at the declared dependency floors
 (`.ci/constraints-floor.txt`) and also runs the engine, async and
-rotation-under-load tests. It prints the seconds each leg took.
+rotation-under-load tests. The lowest and the newest Python also run the
+Django backend's and psycopg_pool's tests: the lowest Django (5.2, pinned in
+the floor constraints) and the newest Django that installs on the newest
+Python. It prints the seconds each leg took.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from deploy.build_lambda_zip import find_interpreter  # noqa: E402
 PYTHONS = ("3.10", "3.11", "3.12", "3.13")
 FLOOR_PYTHON = PYTHONS[0]
 FLOOR_CONSTRAINTS = ROOT / ".ci" / "constraints-floor.txt"
-EXTRAS = "binary,asyncio,local"
+EXTRAS = "binary,asyncio,local,django"
 UNIT_TESTS = (
     "tests/test_policy.py",
     "tests/test_secret.py",
@@ -51,8 +54,19 @@ FLOOR_TESTS = (
     "tests/test_async.py",
     "tests/test_rotation_under_load.py",
 )
+# The Django backend and psycopg_pool (tests/test_django_backend.py,
+# tests/test_psycopg_pool.py), on the lowest Django (5.2, at the floor leg's
+# constraints) and the newest one that installs on the newest Python.
+INTEGRATION_TESTS = (
+    "tests/test_django_backend.py::test_connections_log_in_with_the_secret_and_psycopg_never_sees_its_options",
+    "tests/test_django_backend.py::test_djangos_behaviour_with_credentials_rotating",
+    "tests/test_django_backend.py::test_a_refused_login_fails_within_the_deadline_as_operational_error",
+    "tests/test_psycopg_pool.py::test_connect_takes_host_from_the_conninfo_and_credentials_from_the_secret",
+    "tests/test_psycopg_pool.py::test_a_pool_waiting_on_a_refused_login_times_out_and_does_not_hammer",
+)
 # What each leg prints the installed version of.
-DISTRIBUTIONS = ("SQLAlchemy", "psycopg", "psycopg-binary", "boto3", "botocore")
+DISTRIBUTIONS = ("SQLAlchemy", "psycopg", "psycopg-binary", "boto3", "botocore",
+                 "Django", "psycopg-pool")
 
 
 @dataclass
@@ -73,7 +87,9 @@ class Leg:
     @property
     def tests(self) -> tuple[str, ...]:
         """The test files (and ids) it runs."""
-        return UNIT_TESTS + ROTATION_TESTS + (FLOOR_TESTS if self.floor else ())
+        ends = self.floor or self.python == PYTHONS[-1]
+        return (UNIT_TESTS + ROTATION_TESTS + (FLOOR_TESTS if self.floor else ())
+                + (INTEGRATION_TESTS if ends else ()))
 
 
 class LegFailed(Exception):
@@ -135,6 +151,11 @@ def main(argv: list[str] | None = None) -> int:
         shutil.copytree(ROOT / "tests", work / "tests",
                         ignore=shutil.ignore_patterns("__pycache__"))
         shutil.copy(ROOT / "pyproject.toml", work / "pyproject.toml")
+        # The Django tests install the example project's app (examples.django_app).
+        (work / "examples").mkdir()
+        (work / "examples" / "__init__.py").touch()
+        shutil.copytree(ROOT / "examples" / "django_app", work / "examples" / "django_app",
+                        ignore=shutil.ignore_patterns("__pycache__"))
         run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
              "--wheel-dir", str(work / "wheel"), str(ROOT)], cwd=work, title="pip wheel")
         (wheel,) = (work / "wheel").glob("rotating_pool-*.whl")
