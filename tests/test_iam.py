@@ -391,3 +391,21 @@ def test_botocore_logs_the_signature_at_debug_unless_redacted(rds, iam_user, cap
     signature = token.rsplit("X-Amz-Signature=", 1)[1]
     assert any("Signature:" in record.getMessage() for record in caplog.records)
     assert not any(signature in record.getMessage() for record in caplog.records)
+
+
+def test_verify_full_is_the_default_so_an_unverified_server_never_gets_the_token(rds, iam_user):
+    engine = rotating_pool.create_engine(url(rds, iam_user[0]), iam=True)  # no CA given
+    with pytest.raises(sqlalchemy.exc.OperationalError, match="root certificate"):
+        engine.connect()
+    assert rds.accepted == {} and rds.refusals == {}  # no token reached the server
+
+
+def test_iam_options_are_checked_when_the_engine_is_made():
+    with pytest.raises(rotating_pool.ConfigurationError, match="user and host"):
+        rotating_pool.create_engine("postgresql+psycopg:///app", iam=True)
+    with pytest.raises(rotating_pool.ConfigurationError, match="iam must be True or an IamAuth"):
+        rotating_pool.create_engine("postgresql+psycopg://u@h/app", iam="yes")
+    with pytest.raises(rotating_pool.ConfigurationError, match="renew_after"):
+        IamAuth(renew_after=900)
+    with pytest.raises(rotating_pool.ConfigurationError, match="secret_id is required"):
+        rotating_pool.create_engine("postgresql+psycopg://u@h/app")

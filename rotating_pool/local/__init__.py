@@ -15,6 +15,9 @@ Debian's packages.
   `LocalPostgres` (auth_query, transaction pooling).
 - `LocalRdsProxy`: a local stand-in (not AWS's) for RDS Proxy: the PostgreSQL
   wire protocol on 127.0.0.1, letting through only the secret's AWSCURRENT user.
+- `LocalIamAuth`: a local stand-in (not AWS's) for RDS IAM database
+  authentication: over TLS it takes the password as an RDS auth token and checks
+  its SigV4 signature with botocore, then passes the session to PostgreSQL.
 - `WriteLoad`: writer threads committing one row per transaction, counting.
 - `HostileServer`: a stand-in (not PostgreSQL) for an attacker's server that
   asks for a cleartext password and records what it gets, or a dead one that
@@ -24,6 +27,7 @@ Debian's packages.
 
 from rotating_pool.local.agent import LocalAgent
 from rotating_pool.local.hostile import HostileServer, StartupRecord
+from rotating_pool.local.iam import LocalIamAuth
 from rotating_pool.local.pgbouncer import LocalPgBouncer
 from rotating_pool.local.postgres import AppSchema, LocalPostgres
 from rotating_pool.local.proxy import FaultProxy
@@ -38,6 +42,7 @@ __all__ = [
     "FaultProxy",
     "HostileServer",
     "LocalAgent",
+    "LocalIamAuth",
     "LocalPgBouncer",
     "LocalPostgres",
     "LocalRdsProxy",
