@@ -409,3 +409,36 @@ def test_iam_options_are_checked_when_the_engine_is_made():
         IamAuth(renew_after=900)
     with pytest.raises(rotating_pool.ConfigurationError, match="secret_id is required"):
         rotating_pool.create_engine("postgresql+psycopg://u@h/app")
+
+
+@pytest.mark.parametrize("driver", ["psycopg_async", "asyncpg"])
+def test_async_engines_recover_from_rotated_aws_keys_within_the_deadline(
+    rds, iam_user, monkeypatch, driver
+):
+    user = iam_user[0]
+
+    async def main() -> tuple[str, float]:
+        engine = rotating_pool.create_async_engine(
+            url(rds, user, driver),
+            iam=True,
+            connect_args=ca_args(rds, driver),
+            poolclass=sqlalchemy.pool.NullPool,
+            retry=RetryBudget(deadline=5),
+        )
+        try:
+            async with engine.connect():
+                pass
+            use_key(monkeypatch, NEW_KEY)
+            rds.accept_only(dict([NEW_KEY]))
+            started = time.monotonic()
+            async with engine.connect() as conn:
+                who = str((await conn.execute(text("SELECT current_user"))).scalar())
+            return who, time.monotonic() - started
+        finally:
+            await engine.dispose()
+
+    who, took = asyncio.run(main())
+    assert who == user
+    assert took < 5
+    assert rds.refusals == {"unknown key": 1}
+    assert rds.accepted[user] == 2
