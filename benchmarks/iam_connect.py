@@ -17,7 +17,8 @@ comes from:
   package is not installed.
 
 Printed: median connect times, the ratios with bootstrap 95% intervals (rounds
-are resampled), and the share of rotating_pool's connects that signed a token.
+are resampled), the share of rotating_pool's connects that signed a token, and
+what signing one token costs (``generate_db_auth_token`` on a made client).
 
     python -m benchmarks.iam_connect           # 400 rounds
     python -m benchmarks.iam_connect --quick   # 20 rounds, to check it runs
@@ -30,6 +31,7 @@ import importlib.util
 import json
 import os
 import secrets
+import statistics
 import sys
 from collections.abc import Callable
 from functools import partial
@@ -41,6 +43,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.pool import NullPool
 
 import rotating_pool
+from benchmarks.connect import _connect  # one timed engine.connect(), close untimed
 from benchmarks.measure import Sample, interleave, sample
 from rotating_pool.engine import credential_store
 from rotating_pool.iam import IamTokenSource
@@ -50,19 +53,6 @@ from tests.support import set_password
 REGION = "us-east-1"
 KEY = ("AKIDBENCHMARKKEY0001", "benchmark-secret-key")
 USER = "bench_person"
-
-
-def _connect(engine: Engine) -> list[Sample]:
-    connection = None
-
-    def open_one() -> None:
-        nonlocal connection
-        connection = engine.connect()
-
-    timing = sample(open_one)
-    assert connection is not None
-    connection.close()  # not timed: the same for every engine
-    return [timing]
 
 
 def _engines(rds: LocalIamAuth) -> dict[str, Engine]:
@@ -127,6 +117,12 @@ def run(rounds: int) -> dict[str, Any]:
                 for engine in engines.values():
                     engine.dispose()
 
+    client = boto3.session.Session().client("rds")
+    signing = [
+        sample(lambda: client.generate_db_auth_token("db.example", 5432, USER)).wall
+        for _ in range(max(rounds, 200))
+    ]
+
     def ratio(side: str, base: str) -> dict[str, float]:
         return samples.compare(side, base).as_dict()
 
@@ -136,6 +132,7 @@ def run(rounds: int) -> dict[str, Any]:
         "rotating_pool_vs_static": ratio("rotating_pool", "static"),
         "aa_control_vs_static": ratio("static_control", "static"),
         "rotating_pool_connects_that_signed_a_token": signed / rounds,
+        "one_token_signing_median_us": statistics.median(signing) * 1e6,
     }
     if "rdsiam" in engines:
         result["rdsiam_vs_static_psycopg2"] = ratio("rdsiam", "static_psycopg2")

@@ -235,6 +235,11 @@ def attach(
     retire_after = validate_retire_after(retire_after)
     auth = IamAuth.from_option(iam)
     if auth is not None:
+        if retire_after is not None:  # every renewal would retire the whole pool
+            raise ConfigurationError(
+                "retire_after does not apply to iam=: a session outlives its token, and "
+                "tokens are renewed every few minutes; leave retire_after out"
+            )
         store = _iam_store(sync_engine, auth, secret_id, client, source)
     elif secret_id is None:
         raise ConfigurationError("secret_id is required (the secret's name or ARN), or pass iam=")

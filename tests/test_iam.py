@@ -409,6 +409,8 @@ def test_iam_options_are_checked_when_the_engine_is_made():
         IamAuth(renew_after=900)
     with pytest.raises(rotating_pool.ConfigurationError, match="secret_id is required"):
         rotating_pool.create_engine("postgresql+psycopg://u@h/app")
+    with pytest.raises(rotating_pool.ConfigurationError, match="retire_after does not apply"):
+        rotating_pool.create_engine("postgresql+psycopg://u@h/app", iam=True, retire_after=60)
 
 
 @pytest.mark.parametrize("driver", ["psycopg_async", "asyncpg"])
