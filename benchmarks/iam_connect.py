@@ -30,7 +30,6 @@ import argparse
 import importlib.util
 import json
 import os
-import secrets
 import statistics
 import sys
 from collections.abc import Callable
@@ -48,7 +47,6 @@ from benchmarks.measure import Sample, interleave, sample
 from rotating_pool.engine import credential_store
 from rotating_pool.iam import IamTokenSource
 from rotating_pool.local import LocalIamAuth, LocalPostgres
-from tests.support import set_password
 
 REGION = "us-east-1"
 KEY = ("AKIDBENCHMARKKEY0001", "benchmark-secret-key")
@@ -92,11 +90,9 @@ def run(rounds: int) -> dict[str, Any]:
     os.environ.update(
         AWS_ACCESS_KEY_ID=KEY[0], AWS_SECRET_ACCESS_KEY=KEY[1], AWS_DEFAULT_REGION=REGION
     )
-    password = secrets.token_urlsafe(16)
     with LocalPostgres() as postgres:
-        with postgres.admin_connect() as conn:
-            conn.execute(f'CREATE ROLE "{USER}" LOGIN')
-        set_password(postgres, USER, password)
+        schema = postgres.create_app_schema(role="bench_iam", users=(USER, f"{USER}_b"))
+        password = schema.passwords[USER]
         with LocalIamAuth(
             (postgres.host, postgres.port), {USER: password}, keys=dict([KEY]), region=REGION
         ) as rds:
