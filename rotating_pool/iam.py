@@ -295,6 +295,12 @@ class IamTokenSource:
                 f"{self.secret_id}: the AWS SSO session has expired or is not signed in: "
                 f"run `aws sso login{profile}` and connect again"
             ) from None
+        except botocore.exceptions.ClientError as error:  # e.g. STS refusing an AssumeRole
+            code = error.response.get("Error", {}).get("Code", "ClientError")
+            raise IamCredentialsError(
+                f"{self.secret_id}: AWS refused the credentials needed to sign an IAM database "
+                f"token ({code}): check the profile's role and its trust policy"
+            ) from None
         except botocore.exceptions.BotoCoreError as error:
             raise IamCredentialsError(
                 f"{self.secret_id}: cannot sign an IAM database token: {type(error).__name__}"
