@@ -40,6 +40,7 @@ if TYPE_CHECKING:
         credential_store,
         stats,
     )
+    from rotating_pool.iam import IamAuth, IamCredentialsError, IamPlaintextError
     from rotating_pool.redact import RedactSecretsFilter, redact_botocore_logs
     from rotating_pool.sources import SecretsManagerSource, SecretSource
     from rotating_pool.store import CredentialStore, Stats
@@ -56,6 +57,9 @@ _LAZY = {
     "stats": "rotating_pool.engine",
     "RetryBudget": "rotating_pool.core.plan",
     "is_login_rejection": "rotating_pool.core.classify",
+    "IamAuth": "rotating_pool.iam",
+    "IamCredentialsError": "rotating_pool.iam",
+    "IamPlaintextError": "rotating_pool.iam",
     "RedactSecretsFilter": "rotating_pool.redact",
     "redact_botocore_logs": "rotating_pool.redact",
     "SecretSource": "rotating_pool.sources",
@@ -86,6 +90,9 @@ __all__ = [
     "ConfigurationError",
     "CredentialStore",
     "Credentials",
+    "IamAuth",
+    "IamCredentialsError",
+    "IamPlaintextError",
     "LoginRejectedError",
     "RedactSecretsFilter",
     "RetryBudget",

@@ -25,6 +25,7 @@ from rotating_pool.agent import AgentSource
 from rotating_pool.connect import login as login_through
 from rotating_pool.core.plan import RetryBudget
 from rotating_pool.errors import AlreadyAttachedError, ConfigurationError
+from rotating_pool.iam import POLL_INTERVAL, IamAuth, IamTokenSource, check_url_tls, tls_params
 from rotating_pool.retire import Retirement, record_login, validate_retire_after
 from rotating_pool.secret import Credentials
 from rotating_pool.sources import SecretsManagerSource, SecretSource
@@ -74,13 +75,14 @@ _stores_lock = threading.Lock()
 def create_engine(
     url: str | sqlalchemy.URL,
     *,
-    secret_id: str,
+    secret_id: str | None = None,
     client: SecretsManagerClient | None = None,
     refresh_interval: float = DEFAULT_REFRESH_INTERVAL,
     retry: RetryBudget | None = None,
     use_pending: bool = True,
     source: SecretSource | SourceName | None = None,
     retire_after: float | None = None,
+    iam: IamAuth | bool | None = None,
     **engine_kwargs: Any,
 ) -> Engine:
     """A drop-in for `sqlalchemy.create_engine` whose logins come from a secret.
@@ -94,8 +96,8 @@ def create_engine(
     Args:
         url: the database URL; its driver must be a PostgreSQL one
             (``postgresql+psycopg://`` with no user, password or host is typical).
-        secret_id: the secret's name or ARN.
-        client, refresh_interval, retry, use_pending, source, retire_after: see `attach`.
+        secret_id: the secret's name or ARN (optional with `iam`).
+        client, refresh_interval, retry, use_pending, source, retire_after, iam: see `attach`.
 
     >>> import rotating_pool
     >>> engine = rotating_pool.create_engine(
@@ -111,19 +113,21 @@ def create_engine(
         use_pending=use_pending,
         source=source,
         retire_after=retire_after,
+        iam=iam,
     )
 
 
 def create_async_engine(
     url: str | sqlalchemy.URL,
     *,
-    secret_id: str,
+    secret_id: str | None = None,
     client: SecretsManagerClient | None = None,
     refresh_interval: float = DEFAULT_REFRESH_INTERVAL,
     retry: RetryBudget | None = None,
     use_pending: bool = True,
     source: SecretSource | SourceName | None = None,
     retire_after: float | None = None,
+    iam: IamAuth | bool | None = None,
     **engine_kwargs: Any,
 ) -> AsyncEngine:
     """A drop-in for `sqlalchemy.ext.asyncio.create_async_engine`; see `create_engine`.
@@ -148,19 +152,21 @@ def create_async_engine(
         use_pending=use_pending,
         source=source,
         retire_after=retire_after,
+        iam=iam,
     )
 
 
 def attach(
     engine: T,
     *,
-    secret_id: str,
+    secret_id: str | None = None,
     client: SecretsManagerClient | None = None,
     refresh_interval: float = DEFAULT_REFRESH_INTERVAL,
     retry: RetryBudget | None = None,
     use_pending: bool = True,
     source: SecretSource | SourceName | None = None,
     retire_after: float | None = None,
+    iam: IamAuth | bool | None = None,
 ) -> T:
     """Make an existing engine take its logins from a secret; returns it.
 
@@ -203,6 +209,11 @@ def attach(
             background refresh then runs every tenth of it (at least 1 s) so
             that a busy pool notices. None (the default): connections live as
             long as the pool keeps them. See `rotating_pool.retire`.
+        iam: log in with IAM database authentication instead of a password:
+            True, or an `IamAuth` (region, profile, allow_plaintext). The user,
+            host and port come from the URL, or from the secret's non-password
+            fields when `secret_id` is given too. TLS is ``verify-full`` unless
+            the URL says otherwise. See `rotating_pool.iam`.
 
     Raises:
         AlreadyAttachedError: rotating_pool already manages this engine.
@@ -222,12 +233,24 @@ def attach(
             "(make a second engine for a second secret)"
         )
     retire_after = validate_retire_after(retire_after)
-    store = _store_for(secret_id, client, refresh_interval, use_pending, source)
+    auth = IamAuth.from_option(iam)
+    if auth is not None:
+        if retire_after is not None:  # every renewal would retire the whole pool
+            raise ConfigurationError(
+                "retire_after does not apply to iam=: a session outlives its token, and "
+                "tokens are renewed every few minutes; leave retire_after out"
+            )
+        store = _iam_store(sync_engine, auth, secret_id, client, source)
+    elif secret_id is None:
+        raise ConfigurationError("secret_id is required (the secret's name or ARN), or pass iam=")
+    else:
+        store = _store_for(secret_id, client, refresh_interval, use_pending, source)
     if retry is None:
         retry = RetryBudget()
     elif not isinstance(retry, RetryBudget):
         raise ConfigurationError(f"retry must be a RetryBudget, not {type(retry).__name__}")
     hook = _ConnectHook(store, retry, dialect)
+    hook.iam = auth
     event.listen(sync_engine, "do_connect", hook)
     if retire_after is not None:
         secret = store.secret_id
@@ -321,6 +344,23 @@ def _store_for(
         return store
 
 
+def _iam_store(
+    engine: Engine,
+    auth: IamAuth,
+    secret_id: str | None,
+    client: SecretsManagerClient | None,
+    source: SecretSource | SourceName | None,
+) -> CredentialStore:
+    """The store of an IAM engine: its own token source, polled every `POLL_INTERVAL`."""
+    if source is not None:
+        raise ConfigurationError("iam= and source= exclude each other: a token source signs")
+    url = engine.url
+    check_url_tls(engine.dialect.create_connect_args(url)[1], engine.dialect.driver, auth)
+    base = None if secret_id is None else _make_source(secret_id, client, None)
+    made = IamTokenSource(url.username, url.host, url.port, url.database, auth=auth, base=base)
+    return _store_for(made.secret_id, None, POLL_INTERVAL, False, made)
+
+
 def _make_source(
     secret_id: str,
     client: SecretsManagerClient | None,
@@ -361,11 +401,13 @@ class _ConnectHook:
     def __init__(self, store: CredentialStore, budget: RetryBudget, dialect: Dialect) -> None:
         self.store = store
         self.budget = budget
+        self.driver: str = dialect.driver
         self.dbname_key = _DATABASE_KEY.get(dialect.driver, "dbname")
         self.timeout_key = _TIMEOUT_KEY.get(dialect.driver, "connect_timeout")
         self.waits: Waits = GreenletWaits() if dialect.is_async else BlockingWaits()
         self.retirement: Retirement | None = None
         self._prepared: tuple[Credentials, int, dict[str, Any], dict[str, Any]] | None = None
+        self.iam: IamAuth | None = None
 
     def __repr__(self) -> str:
         return f"<rotating_pool hook for secret {self.store.secret_id!r}>"
@@ -388,6 +430,10 @@ class _ConnectHook:
         ):
             return prepared[3]
         params = connect_params(cparams, credentials, self.dbname_key, (self.timeout_key, timeout))
+        if self.iam is not None:  # the token is a bearer credential: TLS
+            params.update(
+                tls_params(params, self.driver, allow_plaintext=self.iam.allow_plaintext)
+            )
         # One tuple: a racing thread sees the old or the new one whole.
         self._prepared = (credentials, timeout, dict(cparams), params)
         return params

@@ -25,6 +25,10 @@ _KEYS = r"SecretString|SecretBinary|RandomPassword|password|Password"
 # may contain quotes. Dropping the rest of the line is the only safe cut.
 _PATTERN = re.compile(rf"""(\\*["'](?:{_KEYS})\\*["']\s*:\s*).*""")
 _REPLACEMENT = "***"
+# SigV4 (botocore.auth at DEBUG): the signature botocore computed, and a
+# presigned URL's signature and session token. For an RDS auth token (IAM
+# database authentication) the signature is what makes the token a password.
+_SIGV4 = re.compile(r"(Signature:\s*|X-Amz-Signature=|X-Amz-Security-Token=)[^&\s'\"]+")
 
 # botocore's loggers that write bodies; a logger's filters only see records
 # logged to it directly, so each one gets the filter.
@@ -48,7 +52,8 @@ def redact(text: str) -> str:
     >>> redact('{"Name": "db", "SecretString": "{\\\\"password\\\\": \\\\"pw\\\\"}"}')
     '{"Name": "db", "SecretString": ***'
     """
-    return _PATTERN.sub(lambda match: match.group(1) + _REPLACEMENT, text)
+    text = _PATTERN.sub(lambda match: match.group(1) + _REPLACEMENT, text)
+    return _SIGV4.sub(lambda match: match.group(1) + _REPLACEMENT, text)
 
 
 class RedactSecretsFilter(logging.Filter):

@@ -18,6 +18,9 @@ Debian's packages.
 - `UnlistedRefusalPooler`: a local stand-in (not a product) for a pooler whose
   refusal wording no list holds: after a password change it refuses a share
   of the logins with the new password (severity ERROR, no SQLSTATE) for a while.
+- `LocalIamAuth`: a local stand-in (not AWS's) for RDS IAM database
+  authentication: over TLS it takes the password as an RDS auth token and checks
+  its SigV4 signature with botocore, then passes the session to PostgreSQL.
 - `WriteLoad`: writer threads committing one row per transaction, counting.
 - `HostileAgent`: a stand-in (not the agent) for what another local user could
   put on the agent's port: a 200 answer one byte at a time, a huge body, a
@@ -33,6 +36,7 @@ from rotating_pool.local._process import free_port, log_tail
 from rotating_pool.local.agent import LocalAgent
 from rotating_pool.local.hostile import HostileServer, StartupRecord
 from rotating_pool.local.hostile_agent import HostileAgent
+from rotating_pool.local.iam import LocalIamAuth
 from rotating_pool.local.pgbouncer import LocalPgBouncer
 from rotating_pool.local.postgres import AppSchema, LocalPostgres
 from rotating_pool.local.proxy import FaultProxy
@@ -49,6 +53,7 @@ __all__ = [
     "HostileAgent",
     "HostileServer",
     "LocalAgent",
+    "LocalIamAuth",
     "LocalPgBouncer",
     "LocalPostgres",
     "LocalRdsProxy",
