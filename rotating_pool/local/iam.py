@@ -33,7 +33,7 @@ from typing import Any
 
 from rotating_pool.local._iam_token import check_token, signed_at
 from rotating_pool.local._process import LocalService, free_port
-from rotating_pool.local.rdsproxy import _fatal, _relay, _startup_parameters
+from rotating_pool.local._wire import error_response, relay, startup_parameters
 from rotating_pool.local.tls import CertificateAuthority
 
 __all__ = ["LocalIamAuth", "pam_failed_message"]
@@ -217,7 +217,7 @@ class LocalIamAuth(LocalService):
                 upstream_reader, upstream_writer = upstream
                 try:
                     await asyncio.gather(
-                        _relay(reader, upstream_writer), _relay(upstream_reader, writer)
+                        relay(reader, upstream_writer), relay(upstream_reader, writer)
                     )
                 finally:
                     self._connections.discard(upstream_writer)
@@ -235,17 +235,18 @@ class LocalIamAuth(LocalService):
         startup, tls = await self._read_startup(reader, writer)
         if startup is None:
             return None
-        parameters = _startup_parameters(startup[8:])
+        parameters = startup_parameters(startup[8:])
         user = parameters.get("user", "")
         if not tls:
             # PostgreSQL's own wording for a hostssl-only pg_hba.conf.
             self._refuse("no TLS")
             database = parameters.get("database", user)
             writer.write(
-                _fatal(
-                    "28000",
+                error_response(
+                    "FATAL",
                     f'no pg_hba.conf entry for host "{self.host}", user "{user}", '
                     f'database "{database}", no encryption',
+                    "28000",
                 )
             )
             return None
@@ -273,7 +274,7 @@ class LocalIamAuth(LocalService):
         if reason is not None:
             self._refuse(reason)
             logger.debug("%s: refused %r: %s", _NAME, user, reason)  # never the token
-            writer.write(_fatal("28000", pam_failed_message(user)))
+            writer.write(error_response("FATAL", pam_failed_message(user), "28000"))
             await writer.drain()
             return None
         upstream = await self._log_in_upstream(startup, user, writer)
