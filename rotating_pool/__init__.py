@@ -28,6 +28,8 @@ from rotating_pool.secret import Credentials, parse_credentials
 
 if TYPE_CHECKING:
     from rotating_pool.agent import AgentSource
+    from rotating_pool.core.classify import is_login_rejection
+    from rotating_pool.core.plan import RetryBudget
     from rotating_pool.engine import (
         DEFAULT_REFRESH_INTERVAL,
         attach,
@@ -36,7 +38,6 @@ if TYPE_CHECKING:
         credential_store,
         stats,
     )
-    from rotating_pool.policy import RetryBudget, is_login_rejection
     from rotating_pool.redact import RedactSecretsFilter, redact_botocore_logs
     from rotating_pool.sources import SecretsManagerSource, SecretSource
     from rotating_pool.store import CredentialStore, Stats
@@ -51,8 +52,8 @@ _LAZY = {
     "create_engine": "rotating_pool.engine",
     "credential_store": "rotating_pool.engine",
     "stats": "rotating_pool.engine",
-    "RetryBudget": "rotating_pool.policy",
-    "is_login_rejection": "rotating_pool.policy",
+    "RetryBudget": "rotating_pool.core.plan",
+    "is_login_rejection": "rotating_pool.core.classify",
     "RedactSecretsFilter": "rotating_pool.redact",
     "redact_botocore_logs": "rotating_pool.redact",
     "SecretSource": "rotating_pool.sources",

@@ -22,17 +22,9 @@ from sqlalchemy import event
 from sqlalchemy.engine import Dialect, Engine
 
 from rotating_pool.agent import AgentSource
-from rotating_pool.errors import AlreadyAttachedError, ConfigurationError, LoginRejectedError
-from rotating_pool.policy import (
-    Connect,
-    Load,
-    Recheck,
-    Refetch,
-    RetryBudget,
-    Wait,
-    is_login_rejection,
-    login_plan,
-)
+from rotating_pool.connect import login as login_through
+from rotating_pool.core.plan import RetryBudget
+from rotating_pool.errors import AlreadyAttachedError, ConfigurationError
 from rotating_pool.retire import Retirement, poll_interval, record_login, validate_retire_after
 from rotating_pool.secret import Credentials
 from rotating_pool.sources import SecretsManagerSource, SecretSource
@@ -383,21 +375,18 @@ class _ConnectHook:
         # SQLAlchemy 2.0 hands every connect of an engine the same cparams
         # dict (2.1 a copy): it is read here, never written, so concurrent
         # logins cannot mix one user with another's password.
-        watch = telemetry().watch_connect(self.store.secret_id)
 
-        def login(credentials: Credentials, timeout: int) -> DBAPIConnection:
+        def connect(credentials: Credentials, timeout: int) -> DBAPIConnection:
             params = connect_params(
                 cparams, credentials, self.dbname_key, (self.timeout_key, timeout)
             )
-            with watch.attempt(credentials):
-                connection = dialect.connect(*cargs, **params)
+            connection = dialect.connect(*cargs, **params)
             if dialect.driver == "pg8000":
                 _keep_pg8000_timeout(connection, cparams.get("timeout"))
             record_login(conn_rec, credentials)  # for retirement; never the password
             return connection
 
-        with watch:
-            return connect_with_recovery(self.store, self.budget, login, self.waits)
+        return login_through(self.store, self.budget, connect, waits=self.waits)
 
 
 def connect_params(
@@ -457,72 +446,8 @@ def connect_with_recovery(
     login: Callable[[Credentials, int], T],
     waits: Waits | None = None,
 ) -> T:
-    """Carry out `rotating_pool.policy.login_plan`: load, log in, and recover from refusals.
-
-    `login(credentials, timeout)` opens a connection; `waits` says how to wait
-    (blocking, or awaiting for async engines).
-    """
-    waits = waits or BlockingWaits()
-    plan = login_plan(store.held(), secret_id=store.secret_id, budget=budget)
-    action = next(plan)
-    refused = 0
-    while True:
-        answer: Any
-        if isinstance(action, Connect):
-            store.count("logins")
-            try:
-                connection = login(action.credentials, action.timeout)
-            except Exception as error:
-                if is_login_rejection(error):
-                    refused += 1
-                    store.count("rejected_logins")
-                    _log_refusal(store, action.credentials)
-                answer = error
-            else:
-                plan.close()
-                if refused:
-                    store.confirm(action.credentials)
-                    store.count("recovered_logins")
-                    _log_recovery(store, action.credentials, refused)
-                return connection
-        elif isinstance(action, Refetch):
-            flight = store.join_refetch(action.rejected, action.reuse_for)
-            answer = waits.answer(store, flight, action.timeout)
-        elif isinstance(action, Load):
-            answer = waits.answer(store, store.join_load(), action.timeout)
-        elif isinstance(action, Recheck):
-            answer = store.held_instead_of(action.rejected)
-        else:
-            assert isinstance(action, Wait)
-            waits.sleep(action.seconds)
-            answer = None
-        try:
-            action = plan.send(answer)
-        except LoginRejectedError:
-            store.count("failed_recoveries")
-            logger.error("secret %r: giving up on the login", store.secret_id, exc_info=False)
-            raise
-
-
-def _log_refusal(store: CredentialStore, credentials: Credentials) -> None:
-    logger.info(
-        "secret %r: the database refused user %r (version %s, %s); looking for new credentials",
-        store.secret_id,
-        credentials.username,
-        credentials.version_id or "from the cache",
-        credentials.stage,
-    )
-
-
-def _log_recovery(store: CredentialStore, credentials: Credentials, refused: int) -> None:
-    logger.info(
-        "secret %r: logged in as %r (version %s, %s) after %d refused login(s)",
-        store.secret_id,
-        credentials.username,
-        credentials.version_id or "from the cache",
-        credentials.stage,
-        refused,
-    )
+    """Kept for existing callers: `rotating_pool.connect.login`."""
+    return login_through(store, budget, login, waits=waits)
 
 
 def _dispose_after_fork() -> None:

@@ -11,7 +11,7 @@ A source answers three questions, for the three moments a process reads:
   AWSCURRENT if it moved, else AWSPENDING (a single-user rotation between
   setSecret and finishSecret).
 
-Which version to read is decided by `rotating_pool.reads`, without I/O. A
+Which version to read is decided by `rotating_pool.core.reads`, without I/O. A
 version's value never changes once written, so each source remembers the few
 versions it has read and never reads one twice: a rotation costs a process at
 most one GetSecretValue, whether a refusal or the refresh notices it first.
@@ -35,12 +35,12 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 import botocore.config
 import botocore.exceptions
 
+from rotating_pool.core.reads import Labels, Read, recovery_reads, steady_read
 from rotating_pool.errors import (
     SecretAccessDeniedError,
     SecretNotFoundError,
     SecretsManagerUnavailableError,
 )
-from rotating_pool.reads import Labels, Read, recovery_reads, steady_read
 from rotating_pool.secret import AWSCURRENT, Credentials, parse_credentials
 
 if TYPE_CHECKING:

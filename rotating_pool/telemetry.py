@@ -38,8 +38,8 @@ from collections.abc import Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from rotating_pool.core.classify import is_login_rejection
 from rotating_pool.errors import LoginRejectedError
-from rotating_pool.policy import is_login_rejection
 from rotating_pool.secret import Credentials
 
 try:

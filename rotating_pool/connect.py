@@ -1,0 +1,209 @@
+"""Log in through a `CredentialStore`: the sync and async shells of the login plan.
+
+`login(store, budget, connect)` carries out `rotating_pool.core.plan.login_plan`
+with a connect function of yours, ``connect(credentials, timeout)``, that opens
+one connection (or raises the driver's error). It is what the SQLAlchemy hook
+(`rotating_pool.engine`) calls, and what any other integration (a
+``psycopg_pool`` ``connection_class``/``kwargs`` callback, Django's
+``get_new_connection``, an IAM token source) can call:
+
+>>> import psycopg
+>>> from rotating_pool import RetryBudget
+>>> from rotating_pool.connect import login
+>>> def connect(credentials, timeout):  # doctest: +SKIP
+...     return psycopg.connect(host="db", user=credentials.username,
+...                            password=credentials.password, connect_timeout=timeout)
+>>> connection = login(store, RetryBudget(), connect)  # doctest: +SKIP
+
+`login_async` is the twin for coroutines (``await connect(credentials,
+timeout)``): it awaits every read and delay and never blocks the loop.
+
+The shells decide nothing: the plan says what to do next; the shells carry it
+out, wait (a blocking call, an await, or SQLAlchemy's greenlet bridge:
+`rotating_pool.waiting`) and report what happened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Generator
+from typing import TypeVar
+
+from rotating_pool.core.classify import is_login_rejection
+from rotating_pool.core.plan import (
+    Action,
+    Answer,
+    Connect,
+    Load,
+    Recheck,
+    Refetch,
+    RetryBudget,
+    Wait,
+    login_plan,
+)
+from rotating_pool.errors import LoginRejectedError
+from rotating_pool.secret import Credentials
+from rotating_pool.store import CredentialStore, Flight
+from rotating_pool.telemetry import ConnectWatch, telemetry
+from rotating_pool.waiting import BlockingWaits, Waits
+
+__all__ = ["login", "login_async"]
+
+logger = logging.getLogger("rotating_pool")
+
+T = TypeVar("T")
+
+
+class _Run:
+    """One connection's plan, with what both shells do besides waiting."""
+
+    def __init__(self, store: CredentialStore, budget: RetryBudget) -> None:
+        self.store = store
+        self.watch: ConnectWatch = telemetry().watch_connect(store.secret_id)
+        self.plan: Generator[Action, Answer, None] = login_plan(
+            store.held(), secret_id=store.secret_id, budget=budget
+        )
+        self.refused = 0
+
+    def first(self) -> Action:
+        return next(self.plan)
+
+    def send(self, answer: Answer) -> Action:
+        try:
+            return self.plan.send(answer)
+        except LoginRejectedError:
+            self.store.count("failed_recoveries")
+            logger.error("secret %r: giving up on the login", self.store.secret_id)
+            raise
+
+    def trying(self, action: Connect) -> None:
+        self.store.count("logins")
+
+    def failed(self, action: Connect, error: Exception) -> Answer:
+        if is_login_rejection(error):
+            self.refused += 1
+            self.store.count("rejected_logins")
+            _log_refusal(self.store, action.credentials)
+        return error
+
+    def succeeded(self, action: Connect) -> None:
+        self.plan.close()
+        if self.refused:
+            self.store.confirm(action.credentials)
+            self.store.count("recovered_logins")
+            _log_recovery(self.store, action.credentials, self.refused)
+
+    def flight(self, action: Refetch | Load) -> Flight:
+        if isinstance(action, Refetch):
+            return self.store.join_refetch(action.rejected, action.reuse_for)
+        return self.store.join_load()
+
+
+def login(
+    store: CredentialStore,
+    budget: RetryBudget,
+    connect: Callable[[Credentials, int], T],
+    *,
+    waits: Waits | None = None,
+) -> T:
+    """Open a connection with `connect`, logging in with the store's credentials
+    and recovering from refusals as `budget` allows.
+
+    `connect(credentials, timeout)` opens one connection, giving up after
+    `timeout` whole seconds, or raises the driver's error. `waits` says how to
+    wait (default: blocking calls; SQLAlchemy's async engines pass
+    `rotating_pool.waiting.GreenletWaits`).
+
+    Raises:
+        LoginRejectedError: the database refused every credentials the secret
+            offered within the budget.
+        SecretError, SecretsManagerUnavailableError: the secret could not be read.
+        Exception: a driver error that other credentials would not fix, as is.
+    """
+    waits = waits or BlockingWaits()
+    run = _Run(store, budget)
+    with run.watch:
+        action = run.first()
+        while True:
+            answer: Answer
+            if isinstance(action, Connect):
+                run.trying(action)
+                try:
+                    with run.watch.attempt(action.credentials):
+                        connection = connect(action.credentials, action.timeout)
+                except Exception as error:
+                    answer = run.failed(action, error)
+                else:
+                    run.succeeded(action)
+                    return connection
+            elif isinstance(action, Refetch | Load):
+                answer = waits.answer(store, run.flight(action), action.timeout)
+            elif isinstance(action, Recheck):
+                answer = store.held_instead_of(action.rejected)
+            else:
+                assert isinstance(action, Wait)
+                waits.sleep(action.seconds)
+                answer = None
+            action = run.send(answer)
+
+
+async def login_async(
+    store: CredentialStore,
+    budget: RetryBudget,
+    connect: Callable[[Credentials, int], Awaitable[T]],
+) -> T:
+    """`login` for coroutines: ``await connect(credentials, timeout)``.
+
+    Secret reads run in the store's threads; a waiting task takes no thread and
+    never blocks the event loop. Cancelling the task stops its wait at once;
+    the read it waited for still answers every other waiter.
+    """
+    run = _Run(store, budget)
+    with run.watch:
+        action = run.first()
+        while True:
+            answer: Answer
+            if isinstance(action, Connect):
+                run.trying(action)
+                try:
+                    with run.watch.attempt(action.credentials):
+                        connection = await connect(action.credentials, action.timeout)
+                except Exception as error:
+                    answer = run.failed(action, error)
+                else:
+                    run.succeeded(action)
+                    return connection
+            elif isinstance(action, Refetch | Load):
+                flight = run.flight(action)
+                if not flight.done.is_set():
+                    await flight.wait_async(action.timeout)
+                answer = store.answer(flight, action.timeout, blocking=False)
+            elif isinstance(action, Recheck):
+                answer = store.held_instead_of(action.rejected)
+            else:
+                assert isinstance(action, Wait)
+                await asyncio.sleep(action.seconds)
+                answer = None
+            action = run.send(answer)
+
+
+def _log_refusal(store: CredentialStore, credentials: Credentials) -> None:
+    logger.info(
+        "secret %r: the database refused user %r (version %s, %s); looking for new credentials",
+        store.secret_id,
+        credentials.username,
+        credentials.version_id or "from the cache",
+        credentials.stage,
+    )
+
+
+def _log_recovery(store: CredentialStore, credentials: Credentials, refused: int) -> None:
+    logger.info(
+        "secret %r: logged in as %r (version %s, %s) after %d refused login(s)",
+        store.secret_id,
+        credentials.username,
+        credentials.version_id or "from the cache",
+        credentials.stage,
+        refused,
+    )
