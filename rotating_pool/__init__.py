@@ -14,6 +14,7 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 from rotating_pool.errors import (
+    AgentAnswerError,
     AlreadyAttachedError,
     ConfigurationError,
     LoginRejectedError,
@@ -78,6 +79,7 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "DEFAULT_REFRESH_INTERVAL",
+    "AgentAnswerError",
     "AgentSource",
     "AlreadyAttachedError",
     "ConfigurationError",

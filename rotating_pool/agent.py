@@ -20,13 +20,20 @@ per agent per TTL:
   rotated password must not be answered from the agent's cache for up to five
   minutes.
 
+Which stage to ask, and when with ``refreshNow``, is decided in
+`rotating_pool.reads` (`AGENT_LOAD`, `next_agent_ask`); this module carries it out.
+
 The agent does not coalesce requests that miss its cache at the same moment:
 each makes its own Secrets Manager read. So the worker processes of one task
-(gunicorn, uvicorn workers) take turns: a file lock in the temporary directory
-(`fcntl.flock`, one file per agent and secret) is held across a first read and
-across a refused login's reads. The first worker's reads fill the agent's
-cache; the next one finds the fresh value there and costs Secrets Manager
-nothing.
+(gunicorn, uvicorn workers) take turns (`rotating_pool.turns`: a file lock in a
+directory private to the user) across a first read and across a refused
+login's reads. The first worker's reads fill the agent's cache; the next one
+finds the fresh value there and costs Secrets Manager nothing.
+
+Nothing local is trusted blindly (docs/guides/agent-trust.md): each call ends
+within `timeout` in all, turn and reads together; the endpoint is loopback
+unless the application opts in; an answer must be GetSecretValue's JSON for
+the secret asked for; the token is checked (`rotating_pool.agent_token`).
 
 >>> source = AgentSource("prod/app/db")  # nothing is read, not even the token
 >>> engine = rotating_pool.create_engine(  # doctest: +SKIP
@@ -36,32 +43,38 @@ nothing.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import http.client
 import json
 import logging
 import os
-import tempfile
 import threading
 import time
 import urllib.parse
-from collections.abc import Iterator, Sequence
-from pathlib import Path
-from typing import Any, NamedTuple
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
 
-try:
-    import fcntl
-except ImportError:  # not on Windows: reads there are not coordinated across processes
-    fcntl = None  # type: ignore[assignment]
-
+from rotating_pool.agent_http import (
+    DEFAULT_ENDPOINT,
+    ENDPOINT_ENV,
+    Endpoint,
+    ExchangeFailed,
+    Reply,
+    get,
+    is_loopback,
+    parse_endpoint,
+)
+from rotating_pool.agent_token import TOKEN_ENV_VARS, AgentToken, check_token, resolve_token
 from rotating_pool.errors import (
+    AgentAnswerError,
     ConfigurationError,
     SecretAccessDeniedError,
     SecretNotFoundError,
     SecretsManagerUnavailableError,
 )
-from rotating_pool.secret import AWSCURRENT, AWSPENDING, Credentials, parse_credentials
+from rotating_pool.reads import AGENT_LOAD, AgentAsk, next_agent_ask
+from rotating_pool.redact import redact
+from rotating_pool.secret import AWSCURRENT, Credentials, parse_credentials
 from rotating_pool.sources import ACCESS_DENIED_CODES
+from rotating_pool.turns import TurnFile
 
 __all__ = [
     "DEFAULT_ENDPOINT",
@@ -69,44 +82,32 @@ __all__ = [
     "TOKEN_ENV_VARS",
     "TOKEN_HEADER",
     "AgentSource",
+    "answer_is_for",
 ]
 
 logger = logging.getLogger("rotating_pool")
 
-DEFAULT_ENDPOINT = "http://localhost:2773"
-"""Where the agent and the Lambda extension listen unless configured otherwise."""
-
-ENDPOINT_ENV = "ROTATING_POOL_AGENT_ENDPOINT"
-"""Environment variable that overrides `DEFAULT_ENDPOINT` (e.g. ``http://127.0.0.1:2775``)."""
-
-TOKEN_ENV_VARS = ("AWS_TOKEN", "AWS_SESSION_TOKEN")
-"""Where the token is looked for, in order: the variables the agent itself reads."""
-
 TOKEN_HEADER = "X-Aws-Parameters-Secrets-Token"  # noqa: S105  (a header name)
 """The request header that carries the token (the agent's SSRF protection)."""
 
-_FILE_PREFIX = "file://"
-# Secrets are at most 64 KiB; an answer much larger than that is not the agent's.
-_MAX_ANSWER_BYTES = 1 << 20
 # Enough of an error answer to say what it was; AWS's messages name the secret,
 # never its value, and the agent's own are short fixed texts.
 _MAX_DETAIL_CHARS = 200
-
 _NOT_FOUND = "ResourceNotFoundException"
-# How long a worker waits for another's turn (a multiple of the agent timeout:
-# a refused login asks the agent up to four times), and how often it looks.
-_TURN_WAITS = 5
-_TURN_POLL = (0.002, 0.02)
+# The share of a call's time a process waits for another's turn; the rest is
+# for its own reads should it give up waiting.
+_TURN_SHARE = 0.5
+
+_T = TypeVar("_T")
 
 
-class _Token(NamedTuple):
-    value: str
-    origin: str  # where it came from, for messages: never the value itself
+class _TokenRefused(Exception):
+    """The agent refused the token (401/403): perhaps a newer one is on disk."""
 
-
-class _Answer(NamedTuple):
-    status: int
-    body: bytes
+    def __init__(self, reply: Reply, what: str) -> None:
+        super().__init__(what)
+        self.reply = reply
+        self.what = what
 
 
 class AgentSource:
@@ -118,20 +119,29 @@ class AgentSource:
     connection reads both, and a problem surfaces there as a typed error.
 
     Args:
-        secret_id: the secret's name or ARN.
+        secret_id: the secret's name or ARN. Every answer must be for it (its
+            ``ARN``, or its ``Name`` for a name), else `AgentAnswerError`.
         endpoint: the agent's base URL. Default: ``$ROTATING_POOL_AGENT_ENDPOINT``,
-            else ``http://localhost:2773``.
+            else ``http://localhost:2773``. Loopback only (127.0.0.0/8, ``::1``,
+            ``localhost``) unless `allow_remote_endpoint`.
         token: the token the agent expects. Default: ``$AWS_TOKEN`` (the token,
-            or ``file:///path`` to a file holding it), else ``$AWS_SESSION_TOKEN``,
-            as the agent itself resolves it. A token from a file is read again
-            when the agent refuses it, since a restarted sidecar may have
-            written a new one.
-        timeout: seconds allowed for connecting to the agent and for its answer.
+            or ``file:///path`` to a regular file holding it), else
+            ``$AWS_SESSION_TOKEN``, as the agent itself resolves it; stripped of
+            surrounding whitespace. A token from a file is read again when the
+            agent refuses it, since a restarted sidecar may have written a new one.
+        timeout: seconds one call (`load`, `poll`, `newer`, `fetch`) may take in
+            all: waiting for another process's turn, connecting and every
+            answer. A call that runs out of time stops reading and raises
+            `SecretsManagerUnavailableError`.
         lock_dir: where the processes behind one agent take turns (a lock file
-            per agent and secret, see the module docstring): True (default) the
-            temporary directory, a path another directory the processes share,
-            False not at all. A worker waits for another's turn at most five
-            times `timeout`, then reads anyway.
+            per agent and secret, see `rotating_pool.turns`): True (default) a
+            directory private to this user (under ``$XDG_RUNTIME_DIR``, else
+            ``rotating_pool-<uid>`` in the temporary directory), a path another
+            directory of this user's that no one else may write to, False not
+            at all. A process waits for another's turn at most half of
+            `timeout`, then reads anyway.
+        allow_remote_endpoint: accept an endpoint that is not loopback (logged
+            as a warning): the token and the secret then cross a network in clear.
 
     Raises:
         ConfigurationError: an argument (or ``$ROTATING_POOL_AGENT_ENDPOINT``) is invalid.
@@ -148,14 +158,15 @@ class AgentSource:
         token: str | None = None,
         timeout: float = 2.0,
         lock_dir: bool | str | os.PathLike[str] = True,
+        allow_remote_endpoint: bool = False,
     ) -> None:
         if not isinstance(secret_id, str) or not secret_id.strip():
             raise ConfigurationError(
                 "secret_id must be the secret's name or ARN (a non-empty string)"
             )
-        if token is not None and (not isinstance(token, str) or not token):
-            raise ConfigurationError("token must be a non-empty string (or None for AWS_TOKEN)")
-        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
+        if token is not None and not isinstance(token, str):
+            raise ConfigurationError("token must be a string (or None for AWS_TOKEN)")
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
             raise ConfigurationError(
                 f"timeout must be a positive number of seconds, not {timeout!r}"
             )
@@ -165,13 +176,22 @@ class AgentSource:
             )
         if endpoint is None:
             endpoint = os.environ.get(ENDPOINT_ENV) or DEFAULT_ENDPOINT
+        self._endpoint: Endpoint = parse_endpoint(
+            endpoint, allow_remote=bool(allow_remote_endpoint)
+        )
+        if allow_remote_endpoint and not is_loopback(self._endpoint.host):
+            logger.warning(
+                "secret %r: the Secrets Manager Agent endpoint %s is not on this host "
+                "(allow_remote_endpoint=True): the token and the secret cross the network "
+                "in clear",
+                secret_id,
+                self._endpoint.url,
+            )
         self._secret_id = secret_id
-        self._endpoint = endpoint.rstrip("/")
-        self._lock_path = _lock_path(lock_dir, self._endpoint, secret_id)
-        self._host, self._port = _parse_endpoint(self._endpoint)
-        self._given_token = token
+        self._given_token = None if token is None else check_token(token, "the token argument")
         self._timeout = float(timeout)
-        self._token: _Token | None = None
+        self._turns = TurnFile(lock_dir, f"{self._endpoint.url}\0{secret_id}")
+        self._token: AgentToken | None = self._given_token
         self._lock = threading.Lock()
 
     @property
@@ -182,14 +202,14 @@ class AgentSource:
     @property
     def endpoint(self) -> str:
         """The agent's base URL."""
-        return self._endpoint
+        return self._endpoint.url
 
     def __repr__(self) -> str:
-        return f"AgentSource(secret_id={self._secret_id!r}, endpoint={self._endpoint!r})"
+        return f"AgentSource(secret_id={self._secret_id!r}, endpoint={self._endpoint.url!r})"
 
     def fetch(self, stage: str, *, refresh: bool = True) -> Credentials | None:
         """Read one stage; None when no version has it (only for a stage other
-        than AWSCURRENT).
+        than AWSCURRENT). One call, within `timeout`; no turn is taken.
 
         With `refresh` (``refreshNow=true``) the agent reads Secrets Manager at
         once and keeps the fresh value for every process behind it; without,
@@ -197,17 +217,15 @@ class AgentSource:
         the query every process's cached reads use, so a refreshed value
         replaces what they are all served.
         """
-        query = {"refreshNow": "true"} if refresh else {}
-        if stage != AWSCURRENT:
-            query["versionStage"] = stage
-        what = f"{'refreshNow' if refresh else 'cached'} read of {stage}"
-        return self._read(query, stage, what)
+        ask = AgentAsk(stage, refresh)
+        return self._call(lambda token, deadline: self._ask(ask, token, deadline), turn=False)
 
     def load(self) -> Credentials:
         """The first read: through the agent's cache, which a whole fleet of
         processes behind one agent shares; see `SecretSource.load`."""
-        with self._turn():
-            credentials = self.fetch(AWSCURRENT, refresh=False)
+        credentials = self._call(
+            lambda token, deadline: self._ask(AGENT_LOAD, token, deadline), turn=True
+        )
         assert credentials is not None  # only a stage other than AWSCURRENT may be missing
         return credentials
 
@@ -224,165 +242,168 @@ class AgentSource:
     ) -> Credentials | None:
         """Other credentials after a refusal; see `SecretSource.newer`.
 
-        The agent's cache first, AWSCURRENT then AWSPENDING: another process
-        behind the agent may have refreshed them already, and then this costs
-        Secrets Manager nothing. Then ``refreshNow`` reads, whose answers the
-        agent keeps for every process behind it: AWSPENDING first, since a
-        refusal comes from setSecret on, while AWSPENDING names the password
-        the database has (single user, and the user an alternating rotation is
-        changing), then AWSCURRENT (a rotation already finished). The
-        processes behind the agent take turns (see the module docstring).
+        Asks in the order `rotating_pool.reads.next_agent_ask` gives (the
+        agent's cache first, then ``refreshNow``), in one turn and one `timeout`.
         """
-        asks = [(AWSCURRENT, False), (AWSPENDING, False), (AWSPENDING, True), (AWSCURRENT, True)]
-        pending_checked = not use_pending
-        with self._turn():
-            for stage, refresh in asks:
-                if stage == AWSPENDING and pending_checked:
-                    continue
-                credentials = self.fetch(stage, refresh=refresh)
+
+        def recover(token: AgentToken, deadline: float) -> Credentials | None:
+            asked: list[AgentAsk] = []
+            missing: set[str] = set()
+            while (ask := next_agent_ask(asked, missing, use_pending=use_pending)) is not None:
+                asked.append(ask)
+                credentials = self._ask(ask, token, deadline)
                 if credentials is None:
-                    # The agent caches no error: "no such version" came from
-                    # Secrets Manager just now, and asking again would cost a read.
-                    pending_checked = True
+                    missing.add(ask.stage)
                 elif credentials != rejected and credentials.version_id not in refused:
                     return credentials
-        return None
+            return None
+
+        return self._call(recover, turn=True)
 
     def after_fork(self) -> None:
         """Replace the lock (a thread of the parent may have held it); nothing else
         crosses a fork: every read opens its own connection."""
         self._lock = threading.Lock()
 
-    # -- taking turns ----------------------------------------------------------
+    # -- one call: a token, a deadline, maybe a turn --------------------------
+
+    def _call(self, run: Callable[[AgentToken, float], _T], *, turn: bool) -> _T:
+        deadline = time.monotonic() + self._timeout
+        # The token is read before the turn: a slow token file never holds up
+        # the processes waiting for it.
+        token = self._current_token()
+        reread = False
+        while True:
+            try:
+                with self._turn(deadline) if turn else contextlib.nullcontext():
+                    return run(token, deadline)
+            except _TokenRefused as refused:
+                refusal = refused
+            # Outside the except clause: the error raised has no context to quote.
+            newer = None if reread else self._reread_token(token)
+            if newer is None:
+                raise self._translate(refusal.reply, token, refusal.what)
+            token, reread = newer, True
 
     @contextlib.contextmanager
-    def _turn(self) -> Iterator[None]:
-        """Hold the lock file shared by the processes behind this agent for this
-        secret; after waiting five agent timeouts for it, go on without."""
-        if self._lock_path is None:
-            yield
-            return
-        try:
-            fd = _open_turn(self._lock_path)
-        except OSError as error:
-            logger.debug(
-                "secret %r: no turn-taking with other processes (%s: %s)",
-                self._secret_id,
-                self._lock_path,
-                error.strerror,
-            )
-            yield
-            return
-        try:
-            if not _lock(fd, self._timeout * _TURN_WAITS):
+    def _turn(self, deadline: float) -> Iterator[None]:
+        """Hold the turn of the processes behind this agent for this secret,
+        waiting for it at most half of the time left."""
+        patience = max(deadline - time.monotonic(), 0.0) * _TURN_SHARE
+        with self._turns.turn(patience) as held:
+            if held is False:
                 logger.warning(
-                    "secret %r: another process held %s longer than %g s; reading the agent "
-                    "without waiting for it",
+                    "secret %r: another process kept its turn with the Secrets Manager Agent "
+                    "longer than %.1f s; reading the agent without waiting for it",
                     self._secret_id,
-                    self._lock_path,
-                    self._timeout * _TURN_WAITS,
+                    patience,
                 )
             yield
-        finally:
-            _close_turn(fd)  # releases the lock
 
-    # -- one read ------------------------------------------------------------
+    # -- one question --------------------------------------------------------
 
-    def _read(self, query: dict[str, str], stage: str, what: str) -> Credentials | None:
+    def _ask(self, ask: AgentAsk, token: AgentToken, deadline: float) -> Credentials | None:
+        query = {"refreshNow": "true"} if ask.refresh else {}
+        if ask.stage != AWSCURRENT:
+            query["versionStage"] = ask.stage
+        what = f"{'refreshNow' if ask.refresh else 'cached'} read of {ask.stage}"
         path = "/secretsmanager/get?" + urllib.parse.urlencode(
             {"secretId": self._secret_id, **query}
         )
-        token = self._current_token()
-        answer = self._get(path, token, what)
-        if answer.status in (401, 403):
-            # The token may have changed under us (a restarted sidecar writes a
-            # new token file): read it again, and try once more if it did.
-            newer = self._reread_token(token)
-            if newer is not None:
-                token = newer
-                answer = self._get(path, token, what)
-        if answer.status == 200:
-            return self._credentials(answer.body, stage, what)
-        error_type = _error_type(answer.body)
-        if stage != AWSCURRENT and error_type == _NOT_FOUND:
+        reply = self._get(path, token, deadline, what)
+        if reply.status in (401, 403):
+            raise _TokenRefused(reply, what)
+        if reply.status == 200:
+            return self._credentials(reply.body, ask.stage, what)
+        if ask.stage != AWSCURRENT and _error_type(reply.body) == _NOT_FOUND:
             return None  # no version has that label (no rotation in progress)
-        raise self._translate(answer, error_type, token, what)
+        raise self._translate(reply, token, what)
 
-    def _get(self, path: str, token: _Token, what: str) -> _Answer:
-        connection = http.client.HTTPConnection(self._host, self._port, timeout=self._timeout)
+    def _get(self, path: str, token: AgentToken, deadline: float, what: str) -> Reply:
         try:
-            connection.request("GET", path, headers={TOKEN_HEADER: token.value})
-            response = connection.getresponse()
-            body = response.read(_MAX_ANSWER_BYTES)
-        except ConnectionRefusedError:
-            raise self._unavailable(
-                f"no Secrets Manager Agent listening on {self._endpoint} (connection refused, "
-                f"{what}): start the agent (a sidecar container, or Lambda's Parameters and "
-                f"Secrets extension) or point {ENDPOINT_ENV} at it"
-            ) from None
-        except TimeoutError:
-            raise self._unavailable(
-                f"the Secrets Manager Agent at {self._endpoint} did not answer within "
-                f"{self._timeout:g} s ({what})"
-            ) from None
-        except (OSError, http.client.HTTPException) as error:
-            # Not chained: an http.client error may quote what the server sent.
-            detail = error.strerror if isinstance(error, OSError) and error.strerror else None
-            raise self._unavailable(
-                f"the Secrets Manager Agent at {self._endpoint} could not be read ({what}): "
-                f"{type(error).__name__}" + (f" ({detail})" if detail else "")
-            ) from None
-        finally:
-            connection.close()
-        logger.debug(
-            "secret %r: %s through the agent at %s: HTTP %d",
-            self._secret_id,
-            what,
-            self._endpoint,
-            response.status,
+            reply = get(self._endpoint, path, {TOKEN_HEADER: token.value}, deadline)
+        except ExchangeFailed as failed:
+            failure = failed
+        else:
+            logger.debug(
+                "secret %r: %s through the agent at %s: HTTP %d",
+                self._secret_id,
+                what,
+                self._endpoint.url,
+                reply.status,
+            )
+            return reply
+        # Outside the except clause, so that the error carries no context.
+        raise self._failed(failure, what)
+
+    def _failed(self, failure: ExchangeFailed, what: str) -> SecretsManagerUnavailableError:
+        url = self._endpoint.url
+        if failure.kind == "refused":
+            return self._unavailable(
+                f"no Secrets Manager Agent listening on {url} (connection refused, {what}): "
+                "start the agent (a sidecar container, or Lambda's Parameters and Secrets "
+                f"extension) or point {ENDPOINT_ENV} at it"
+            )
+        if failure.kind == "timeout":
+            return self._unavailable(
+                f"the Secrets Manager Agent at {url} did not answer within {self._timeout:g} s "
+                f"({what}, the timeout of one call)"
+            )
+        if failure.kind == "too large":
+            return self._not_the_agent(f"answered {failure.detail} ({what})")
+        if failure.kind == "not loopback":
+            return self._not_the_agent(
+                f"is not on this host ({failure.detail}, {what}): pass "
+                "allow_remote_endpoint=True if that is really meant"
+            )
+        return self._unavailable(
+            f"the Secrets Manager Agent at {url} could not be read ({what}): {failure.detail}"
         )
-        return _Answer(response.status, body)
 
     def _credentials(self, body: bytes, stage: str, what: str) -> Credentials:
-        try:
-            document = json.loads(body)
-        except ValueError:
-            document = None  # the body may hold the secret: never quoted, never chained
-        if not isinstance(document, dict):
-            raise self._unavailable(
-                f"the Secrets Manager Agent at {self._endpoint} answered HTTP 200 ({what}) "
-                "with something that is not GetSecretValue's JSON: is it the agent?"
+        document = _json_object(body)  # the body may hold the secret: never quoted
+        if document is None:
+            raise self._not_the_agent(
+                f"answered HTTP 200 ({what}) with something that is not GetSecretValue's JSON"
+            )
+        if not answer_is_for(self._secret_id, document.get("ARN"), document.get("Name")):
+            raise self._not_the_agent(
+                f"answered HTTP 200 ({what}) for another secret: neither its ARN nor its Name "
+                f"is {self._secret_id!r}"
             )
         version_id = document.get("VersionId")
+        if version_id is not None and not (isinstance(version_id, str) and version_id):
+            raise self._not_the_agent(f"answered HTTP 200 ({what}) with a VersionId not a string")
         return parse_credentials(
-            self._secret_id,
-            document.get("SecretString"),
-            version_id=version_id if isinstance(version_id, str) else None,
-            stage=stage,
+            self._secret_id, document.get("SecretString"), version_id=version_id, stage=stage
         )
 
     # -- the token -----------------------------------------------------------
 
-    def _current_token(self) -> _Token:
+    def _current_token(self) -> AgentToken:
         token = self._token
         if token is None:
+            # Resolved outside the lock (a token file read never holds other
+            # threads); a race only means two threads read the same file.
+            token = resolve_token(None, endpoint=self._endpoint.url)
             with self._lock:
                 if self._token is None:
-                    self._token = self._resolve_token()
+                    self._token = token
                 token = self._token
         return token
 
-    def _reread_token(self, refused: _Token) -> _Token | None:
+    def _reread_token(self, refused: AgentToken) -> AgentToken | None:
         """A token different from `refused`, or None when there is no other."""
         if self._given_token is not None:
             return None  # the application's own; nothing to re-read
+        current = self._token
+        if current is not None and current.value != refused.value:
+            return current  # another thread re-read it already
+        try:
+            token = resolve_token(None, endpoint=self._endpoint.url)
+        except ConfigurationError:
+            return None  # the refusal is the clearer error
         with self._lock:
-            if self._token is not None and self._token.value != refused.value:
-                return self._token  # another thread re-read it already
-            try:
-                token = self._resolve_token()
-            except ConfigurationError:
-                return None  # the refusal is the clearer error
             self._token = token
         if token.value == refused.value:
             return None
@@ -393,46 +414,15 @@ class AgentSource:
         )
         return token
 
-    def _resolve_token(self) -> _Token:
-        if self._given_token is not None:
-            return _Token(self._given_token, "the token argument")
-        for name in TOKEN_ENV_VARS:
-            value = os.environ.get(name)
-            if not value:
-                continue
-            if not value.startswith(_FILE_PREFIX):
-                return _Token(value, f"${name}")
-            path = value[len(_FILE_PREFIX) :]
-            try:
-                text = Path(path).read_text().strip()
-            except OSError as error:
-                raise ConfigurationError(
-                    f"${name} names the token file {path!r}, which cannot be read "
-                    f"({error.strerror or type(error).__name__}): the agent writes it at start-up "
-                    "(check the shared volume and that the agent started first)"
-                ) from None
-            if not text:
-                raise ConfigurationError(
-                    f"the token file {path!r} named by ${name} is empty: the agent may still "
-                    "be starting"
-                )
-            return _Token(text, f"${name} (file {path})")
-        raise ConfigurationError(
-            f"no token for the Secrets Manager Agent at {self._endpoint}: set AWS_TOKEN (the "
-            "token, or file:///path/to/token-file) or AWS_SESSION_TOKEN, as for the agent "
-            "itself, or pass token= to AgentSource"
-        )
-
     # -- errors --------------------------------------------------------------
 
-    def _translate(
-        self, answer: _Answer, error_type: str | None, token: _Token, what: str
-    ) -> Exception:
+    def _translate(self, reply: Reply, token: AgentToken, what: str) -> Exception:
         secret_id = self._secret_id
-        status = answer.status
-        detail = _error_detail(answer.body, token.value)
+        status = reply.status
+        error_type = _error_type(reply.body)
+        detail = _error_detail(reply.body, token.value)
         said = f"HTTP {status}" + (f" {detail}" if detail else "")
-        where = f"the Secrets Manager Agent at {self._endpoint}"
+        where = f"the Secrets Manager Agent at {self._endpoint.url}"
         if error_type == _NOT_FOUND or (status == 404 and error_type is None):
             return SecretNotFoundError(
                 f"{where} found no secret {secret_id!r} ({what}: {said}): check the id or ARN "
@@ -462,110 +452,48 @@ class AgentSource:
     def _unavailable(self, message: str) -> SecretsManagerUnavailableError:
         return SecretsManagerUnavailableError(message, secret_id=self._secret_id)
 
-
-def _lock_path(
-    lock_dir: bool | str | os.PathLike[str], endpoint: str, secret_id: str
-) -> str | None:
-    """The lock file the processes behind one agent share for one secret."""
-    if lock_dir is False or fcntl is None:
-        return None
-    directory = tempfile.gettempdir() if lock_dir is True else os.fspath(lock_dir)
-    # A digest: the secret id may hold characters a file name cannot.
-    digest = hashlib.sha256(f"{endpoint}\0{secret_id}".encode()).hexdigest()[:24]
-    return os.path.join(directory, f"rotating_pool-agent-{digest}.lock")
-
-
-# The lock files this process has open, so that a child forked meanwhile (a
-# pre-forking server's new worker) closes its copies: a flock belongs to the
-# open file, which the child shares, and the child never runs the code that
-# would close it, so it would hold the turn for its whole life.
-_turns_open: set[int] = set()
-_turns_lock = threading.Lock()
-
-
-def _open_turn(path: str) -> int:
-    # Opened and noted under the lock that fork() takes first (below): a
-    # child never gets a lock file's descriptor that is not in the set.
-    with _turns_lock:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        _turns_open.add(fd)
-    return fd
-
-
-def _close_turn(fd: int) -> None:
-    with _turns_lock:
-        _turns_open.discard(fd)
-        os.close(fd)
-
-
-def _close_turns_in_child() -> None:
-    for fd in _turns_open:
-        with contextlib.suppress(OSError):
-            os.close(fd)
-    _turns_open.clear()
-    _turns_lock.release()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(
-        before=_turns_lock.acquire,
-        after_in_parent=_turns_lock.release,
-        after_in_child=_close_turns_in_child,
-    )
-
-
-def _lock(fd: int, patience: float) -> bool:
-    """Take an exclusive `flock` on `fd`, waiting at most `patience` seconds.
-
-    flock has no timed wait: it is tried without blocking, at short intervals.
-    """
-    assert fcntl is not None
-    give_up = time.monotonic() + patience
-    pause = _TURN_POLL[0]
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if time.monotonic() >= give_up:
-                return False
-            time.sleep(pause)
-            pause = min(pause * 2, _TURN_POLL[1])
-        else:
-            return True
-
-
-def _parse_endpoint(endpoint: str) -> tuple[str, int]:
-    try:
-        parts = urllib.parse.urlsplit(endpoint)
-        port = parts.port
-    except ValueError:
-        parts, port = None, None
-    if (
-        parts is None
-        or parts.scheme != "http"
-        or not parts.hostname
-        or parts.path not in ("", "/")
-        or parts.query
-        or parts.username
-    ):
-        raise ConfigurationError(
-            f"the agent endpoint must be a URL like {DEFAULT_ENDPOINT} (http, a host and a "
-            f"port, no path), not {endpoint!r} (from the endpoint argument or {ENDPOINT_ENV})"
+    def _not_the_agent(self, problem: str) -> AgentAnswerError:
+        return AgentAnswerError(
+            f"what listens on {self._endpoint.url} {problem}: is it the Secrets Manager Agent?",
+            secret_id=self._secret_id,
         )
-    return parts.hostname, port or 80
 
 
-def _error_document(body: bytes) -> dict[str, Any] | None:
+def answer_is_for(secret_id: str, arn: object, name: object) -> bool:
+    """Whether an answer with this ``ARN`` and ``Name`` is for `secret_id`.
+
+    An ARN asked for must be the answer's ARN, or that ARN without the six
+    random characters Secrets Manager appends (a partial ARN); a name must be
+    the answer's Name.
+
+    >>> arn = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:prod/db-AbCdEf"
+    >>> answer_is_for(arn, arn, "prod/db"), answer_is_for(arn[:-7], arn, "prod/db")
+    (True, True)
+    >>> answer_is_for("prod/db", arn, "prod/db"), answer_is_for("prod/other", arn, "prod/db")
+    (True, False)
+    """
+    if secret_id.startswith("arn:"):
+        if not isinstance(arn, str):
+            return False
+        return arn == secret_id or (
+            len(arn) == len(secret_id) + 7 and arn.startswith(secret_id + "-")
+        )
+    return isinstance(name, str) and name == secret_id
+
+
+def _json_object(body: bytes) -> dict[str, Any] | None:
+    """`body` as a JSON object; None if it is not one (nesting deep enough to
+    exhaust the parser's recursion is not one either)."""
     try:
         document = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     return document if isinstance(document, dict) else None
 
 
 def _error_type(body: bytes) -> str | None:
     """The AWS error code of an error answer (``__type``), without its namespace."""
-    document = _error_document(body)
+    document = _json_object(body)
     error_type = document.get("__type") if document else None
     if not isinstance(error_type, str) or not error_type:
         return None
@@ -573,8 +501,9 @@ def _error_type(body: bytes) -> str | None:
 
 
 def _error_detail(body: bytes, token: str) -> str:
-    """A short, printable account of an error answer, with the token cut out."""
-    document = _error_document(body)
+    """A short, printable account of an error answer: redacted first (the
+    token, and anything after a secret-bearing key), then cut."""
+    document = _json_object(body)
     if document is not None:
         parts = [
             str(document[key])
@@ -583,8 +512,12 @@ def _error_detail(body: bytes, token: str) -> str:
         ]
         text = ": ".join(parts)
     else:
-        text = body.decode("utf-8", errors="replace").strip()
-    text = " ".join(text.split())[:_MAX_DETAIL_CHARS]
+        text = body.decode("utf-8", errors="replace")
     if token:
         text = text.replace(token, "***")
+    text = redact(text)
+    # One line of printable text: a server's words must not forge log lines.
+    text = " ".join("".join(c if c.isprintable() else " " for c in text).split())
+    if len(text) > _MAX_DETAIL_CHARS:
+        text = text[: _MAX_DETAIL_CHARS - 3] + "..."
     return f"({text})" if text else ""

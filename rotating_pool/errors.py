@@ -7,6 +7,7 @@ concerned; none ever contains a password or a secret string.
 from __future__ import annotations
 
 __all__ = [
+    "AgentAnswerError",
     "AlreadyAttachedError",
     "ConfigurationError",
     "LoginRejectedError",
@@ -79,6 +80,12 @@ class SecretsManagerUnavailableError(RotatingPoolError):
     def __init__(self, message: str, *, secret_id: str) -> None:
         super().__init__(message)
         self.secret_id = secret_id
+
+
+class AgentAnswerError(SecretsManagerUnavailableError):
+    """What answered on the Secrets Manager Agent's endpoint is not the agent's
+    answer for this secret: not GetSecretValue's JSON, too large, or for another
+    secret. Retried like any unavailability; the message never quotes the answer."""
 
 
 class LoginRejectedError(RotatingPoolError):

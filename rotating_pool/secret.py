@@ -8,6 +8,9 @@ This module is the only thing the client side and the rotation side
 
 Extra keys are ignored here (the rotation side reads its own:
 ``rotation_strategy``, ``rotation_role``, ``rotation_users``, ``masterarn``).
+A secret's content is not trusted: whoever may write the secret may try to
+make a client misbehave, so anything malformed is a `SecretFormatError` that
+names the key, never a `TypeError` or `RecursionError`, and never quotes a value.
 """
 
 from __future__ import annotations
@@ -18,11 +21,19 @@ from typing import Any
 
 from rotating_pool.errors import SecretFormatError
 
-__all__ = ["Credentials", "load_secret_document", "parse_credentials"]
+__all__ = ["POSTGRES_ENGINES", "Credentials", "load_secret_document", "parse_credentials"]
 
 AWSCURRENT = "AWSCURRENT"
 AWSPENDING = "AWSPENDING"
 AWSPREVIOUS = "AWSPREVIOUS"
+
+POSTGRES_ENGINES = frozenset({"postgres", "postgresql", "aurora-postgresql"})
+"""The ``engine`` values AWS writes for PostgreSQL (RDS's, its rotation
+templates', Aurora's); a secret whose ``engine`` is another is refused."""
+
+# C0 and C1 control characters: libpq cannot pass a NUL, and a newline or an
+# escape sequence in a user or host name would end up in log lines.
+_CONTROL = frozenset(map(chr, [*range(0x20), *range(0x7F, 0xA0)]))
 
 
 @dataclass(frozen=True)
@@ -67,9 +78,15 @@ def load_secret_document(secret_id: str, secret_string: str | None) -> dict[str,
             "RDS/Aurora JSON document as a string secret",
             secret_id=secret_id,
         )
+    if not isinstance(secret_string, str):
+        raise SecretFormatError(
+            f"secret {secret_id!r}: the SecretString read is not a string (got "
+            f"{type(secret_string).__name__}): store the RDS/Aurora JSON document as a string",
+            secret_id=secret_id,
+        )
     try:
         document = json.loads(secret_string)
-    except ValueError:
+    except (ValueError, RecursionError):
         # `from None`: json's message quotes the document, password included.
         raise SecretFormatError(
             f"secret {secret_id!r} is not valid JSON: store the RDS/Aurora JSON document "
@@ -95,8 +112,10 @@ def parse_credentials(
     """Read `Credentials` out of a secret string.
 
     Raises:
-        SecretFormatError: not JSON, a missing ``username`` or ``password``, or a
-            key of the wrong type; the error names the key and the secret id.
+        SecretFormatError: not JSON, a missing ``username`` or ``password``, a
+            key of the wrong type, a control character in ``username``,
+            ``host`` or ``dbname`` (a NUL in ``password``), or an ``engine``
+            other than PostgreSQL's; the error names the key and the secret id.
 
     >>> parse_credentials("db", '{"username": "app", "password": "pw", "port": "5432"}').port
     5432
@@ -121,8 +140,20 @@ def parse_credentials(
             # An empty host makes libpq use a local socket, an empty dbname the
             # user's name: never what a secret means.
             raise fail(key, "is empty: leave it out or give a value")
+        if key == "password" and "\0" in value:
+            raise fail(key, "holds a NUL character, which libpq cannot send")
+        if key != "password" and not _CONTROL.isdisjoint(value):
+            raise fail(key, "holds a control character: no PostgreSQL name has one")
         return value
 
+    engine = document.get("engine")
+    if engine is not None and (not isinstance(engine, str) or engine not in POSTGRES_ENGINES):
+        # Not quoted: the value is whatever the secret's writer put there.
+        raise fail(
+            "engine",
+            "is not PostgreSQL's ('postgres', 'postgresql' or 'aurora-postgresql'): "
+            "this secret is for another database",
+        )
     username = text("username", required=True)
     password = text("password", required=True)
     assert username is not None and password is not None

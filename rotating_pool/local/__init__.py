@@ -16,6 +16,9 @@ Debian's packages.
 - `LocalRdsProxy`: a local stand-in (not AWS's) for RDS Proxy: the PostgreSQL
   wire protocol on 127.0.0.1, letting through only the secret's AWSCURRENT user.
 - `WriteLoad`: writer threads committing one row per transaction, counting.
+- `HostileAgent`: a stand-in (not the agent) for what another local user could
+  put on the agent's port: a 200 answer one byte at a time, a huge body, a
+  silent accept, an answer for another secret.
 - `HostileServer`: a stand-in (not PostgreSQL) for an attacker's server that
   asks for a cleartext password and records what it gets, or a dead one that
   never answers.
@@ -24,6 +27,7 @@ Debian's packages.
 
 from rotating_pool.local.agent import LocalAgent
 from rotating_pool.local.hostile import HostileServer, StartupRecord
+from rotating_pool.local.hostile_agent import HostileAgent
 from rotating_pool.local.pgbouncer import LocalPgBouncer
 from rotating_pool.local.postgres import AppSchema, LocalPostgres
 from rotating_pool.local.proxy import FaultProxy
@@ -36,6 +40,7 @@ __all__ = [
     "AppSchema",
     "CertificateAuthority",
     "FaultProxy",
+    "HostileAgent",
     "HostileServer",
     "LocalAgent",
     "LocalPgBouncer",
