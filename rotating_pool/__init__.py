@@ -13,6 +13,7 @@ way, and retries within a budget. Applications see no failed request.
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
+from rotating_pool._version import __version__ as __version__
 from rotating_pool.errors import (
     AgentAnswerError,
     AlreadyAttachedError,
@@ -106,5 +107,3 @@ __all__ = [
     "redact_botocore_logs",
     "stats",
 ]
-
-__version__ = "0.1.0"

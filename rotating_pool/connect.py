@@ -30,7 +30,7 @@ import logging
 from collections.abc import Awaitable, Callable, Generator
 from typing import TypeVar
 
-from rotating_pool.core.classify import is_login_rejection
+from rotating_pool.core.classify import Verdict
 from rotating_pool.core.plan import (
     Action,
     Answer,
@@ -39,6 +39,7 @@ from rotating_pool.core.plan import (
     Recheck,
     Refetch,
     RetryBudget,
+    Success,
     Wait,
     login_plan,
 )
@@ -56,15 +57,16 @@ T = TypeVar("T")
 
 
 class _Run:
-    """One connection's plan, with what both shells do besides waiting."""
+    """One connection's plan, and what both shells do besides waiting: report
+    each step to the watch (the one counter path) and the log, and carry out
+    the plan's verdicts."""
 
     def __init__(self, store: CredentialStore, budget: RetryBudget) -> None:
         self.store = store
-        self.watch: ConnectWatch = telemetry().watch_connect(store.secret_id)
-        self.plan: Generator[Action, Answer, None] = login_plan(
-            store.held(), secret_id=store.secret_id, budget=budget
+        self.watch: ConnectWatch = telemetry().watch_connect(store.secret_id, store)
+        self.plan: Generator[Action, Answer, Success] = login_plan(
+            store.held(), secret_id=store.secret_id, budget=budget, on_verdict=self.judged
         )
-        self.refused = 0
 
     def first(self) -> Action:
         return next(self.plan)
@@ -73,26 +75,27 @@ class _Run:
         try:
             return self.plan.send(answer)
         except LoginRejectedError:
-            self.store.count("failed_recoveries")
             logger.error("secret %r: giving up on the login", self.store.secret_id)
             raise
 
-    def trying(self, action: Connect) -> None:
-        self.store.count("logins")
+    def judged(self, verdict: Verdict) -> None:
+        self.watch.judged(verdict)
+        if verdict.refused:
+            _log_refusal(self.store, verdict.credentials)
 
-    def failed(self, action: Connect, error: Exception) -> Answer:
-        if is_login_rejection(error):
-            self.refused += 1
-            self.store.count("rejected_logins")
-            _log_refusal(self.store, action.credentials)
-        return error
-
-    def succeeded(self, action: Connect) -> None:
-        self.plan.close()
-        if self.refused:
-            self.store.confirm(action.credentials)
-            self.store.count("recovered_logins")
-            _log_recovery(self.store, action.credentials, self.refused)
+    def succeeded(self) -> None:
+        try:
+            self.plan.send(None)
+        except StopIteration as stop:
+            success: Success = stop.value
+        else:  # pragma: no cover  (a plan ends at its first successful login)
+            self.plan.close()
+            return
+        if success.confirm:
+            self.store.confirm(success.credentials)
+        self.watch.succeeded(success)
+        if success.refusals:
+            _log_recovery(self.store, success.credentials, success.refusals)
 
     def flight(self, action: Refetch | Load) -> Flight:
         if isinstance(action, Refetch):
@@ -128,14 +131,13 @@ def login(
         while True:
             answer: Answer
             if isinstance(action, Connect):
-                run.trying(action)
+                run.watch.login(action.credentials)
                 try:
-                    with run.watch.attempt(action.credentials):
-                        connection = connect(action.credentials, action.timeout)
+                    connection = connect(action.credentials, action.timeout)
                 except Exception as error:
-                    answer = run.failed(action, error)
+                    answer = error  # judged by the plan, once
                 else:
-                    run.succeeded(action)
+                    run.succeeded()
                     return connection
             elif isinstance(action, Refetch | Load):
                 answer = waits.answer(store, run.flight(action), action.timeout)
@@ -165,14 +167,13 @@ async def login_async(
         while True:
             answer: Answer
             if isinstance(action, Connect):
-                run.trying(action)
+                run.watch.login(action.credentials)
                 try:
-                    with run.watch.attempt(action.credentials):
-                        connection = await connect(action.credentials, action.timeout)
+                    connection = await connect(action.credentials, action.timeout)
                 except Exception as error:
-                    answer = run.failed(action, error)
+                    answer = error  # judged by the plan, once
                 else:
-                    run.succeeded(action)
+                    run.succeeded()
                     return connection
             elif isinstance(action, Refetch | Load):
                 flight = run.flight(action)

@@ -25,7 +25,7 @@ from rotating_pool.agent import AgentSource
 from rotating_pool.connect import login as login_through
 from rotating_pool.core.plan import RetryBudget
 from rotating_pool.errors import AlreadyAttachedError, ConfigurationError
-from rotating_pool.retire import Retirement, poll_interval, record_login, validate_retire_after
+from rotating_pool.retire import Retirement, record_login, validate_retire_after
 from rotating_pool.secret import Credentials
 from rotating_pool.sources import SecretsManagerSource, SecretSource
 from rotating_pool.store import CredentialStore, Stats
@@ -168,10 +168,12 @@ def attach(
     `sqlalchemy.create_engine`: existing `Session` and `sessionmaker` code is
     untouched. Connections already in the pool are kept.
 
-    Engines of one process that read the same secret with the same options
-    share their credentials: a rotation costs one refetch per process, however
-    many engines (writer and reader, sync and async) use the secret, and
-    `stats` counts for all of them together.
+    Engines of one process that read the same secret from the same source
+    share their credentials, whatever their `retry`, `refresh_interval` or
+    `retire_after`: a rotation costs one refetch per process, however many
+    engines (writer and reader, sync and async) use the secret, the secret is
+    refreshed at the smallest interval any of them asks for, and `stats`
+    counts for all of them together.
 
     Args:
         engine: a `sqlalchemy.Engine` (or `AsyncEngine`) with a PostgreSQL dialect.
@@ -220,9 +222,6 @@ def attach(
             "(make a second engine for a second secret)"
         )
     retire_after = validate_retire_after(retire_after)
-    if retire_after is not None and isinstance(refresh_interval, int | float):
-        # Retirement must notice a rotation by itself: a busy pool makes no logins.
-        refresh_interval = min(refresh_interval, poll_interval(retire_after))
     store = _store_for(secret_id, client, refresh_interval, use_pending, source)
     if retry is None:
         retry = RetryBudget()
@@ -279,12 +278,15 @@ def _store_for(
     use_pending: bool,
     source: SecretSource | SourceName | None,
 ) -> CredentialStore:
-    """The process's store for this secret read this way, made on first use.
+    """The process's store for this secret read from this source, made on first use.
 
-    Engines that read the same secret the same way (a writer and a reader
-    engine, say) share one store, so a rotation costs one refetch per process
-    however many engines there are. A client or source you pass is part of the
-    key by identity: the store keeps it alive, so the identity stays unique.
+    Engines that read the same secret from the same source (a writer and a
+    reader engine, say) share one store whatever their other settings, so a
+    rotation costs one refetch per process however many engines there are. The
+    store refreshes at the smallest interval any of them asks for; retry
+    budgets and retirement stay each engine's own (on its hook). A client or
+    source you pass is part of the key by identity: the store keeps it alive,
+    so the identity stays unique.
     """
     if isinstance(refresh_interval, bool) or not isinstance(refresh_interval, int | float):
         raise ConfigurationError(
@@ -304,10 +306,12 @@ def _store_for(
         how = ("agent", made.endpoint)
     else:
         how = ("secretsmanager", id(client))
-    key = (secret_id, how, refresh_interval, use_pending)
+    key = (secret_id, how, use_pending)
     with _stores_lock:
         store = _stores.get(key)
-        if store is None:
+        if store is not None:
+            store.refresh_at_least_every(float(refresh_interval))
+        else:
             store = CredentialStore(
                 made, refresh_interval=refresh_interval, use_pending=use_pending
             )

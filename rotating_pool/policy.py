@@ -1,7 +1,13 @@
 """Moved to `rotating_pool.core.plan` and `rotating_pool.core.classify`; kept so
 that existing imports work."""
 
-from rotating_pool.core.classify import Failure, classify_login_error, is_login_rejection
+from rotating_pool.core.classify import (
+    Failure,
+    Verdict,
+    classify_login_error,
+    is_login_rejection,
+    judge_login_error,
+)
 from rotating_pool.core.plan import (
     MIN_LOGIN_SECONDS,
     REFUSED_REUSE_SECONDS,
@@ -13,6 +19,7 @@ from rotating_pool.core.plan import (
     Recheck,
     Refetch,
     RetryBudget,
+    Success,
     Wait,
     login_plan,
 )
@@ -29,8 +36,11 @@ __all__ = [
     "Recheck",
     "Refetch",
     "RetryBudget",
+    "Success",
+    "Verdict",
     "Wait",
     "classify_login_error",
     "is_login_rejection",
+    "judge_login_error",
     "login_plan",
 ]

@@ -8,10 +8,11 @@ with the previous ones is closed within that many seconds of the rotation, and
 the pool replaces it at its next checkout:
 
 - **Noticing.** A busy pool makes no new login, so nothing is refused and
-  nothing tells the process that the secret rotated. Retirement makes the
-  store's background refresh run on a clock of its own, every
-  ``poll_interval`` seconds (a tenth of ``retire_after``, at least 1 s), and
-  listens to the store (`CredentialStore.subscribe`).
+  nothing tells the process that the secret rotated. Retirement subscribes to
+  the store (`CredentialStore.subscribe` with ``refresh_every``): the store
+  refreshes at least every ``poll_interval`` seconds (a tenth of
+  ``retire_after``, at least 1 s), and retirement's scheduler asks it to
+  (`CredentialStore.refresh_if_due`) on a clock of its own.
 - **Which connections.** The ``do_connect`` hook records on each
   ``ConnectionPoolEntry.info`` which credentials it logged in with (`Login`:
   the user, the version id and a keyed fingerprint, never the password).
@@ -44,7 +45,6 @@ import hashlib
 import heapq
 import itertools
 import logging
-import math
 import os
 import random
 import threading
@@ -58,7 +58,15 @@ from sqlalchemy import event, exc
 from sqlalchemy.util import greenlet_spawn
 from sqlalchemy.util import queue as sqla_queue
 
-from rotating_pool.errors import ConfigurationError
+from rotating_pool.core.retirement import (
+    MIN_POLL_INTERVAL,
+    MIN_RETIRE_AFTER,
+    max_per_second,
+    poll_interval,
+    retirement_times,
+    retirement_window,
+    validate_retire_after,
+)
 from rotating_pool.secret import Credentials
 
 if TYPE_CHECKING:
@@ -70,10 +78,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "LOGIN_KEY",
+    "MIN_POLL_INTERVAL",
     "MIN_RETIRE_AFTER",
     "Login",
     "Retirement",
     "login_of",
+    "max_per_second",
     "poll_interval",
     "record_login",
     "retirement_times",
@@ -85,13 +95,6 @@ logger = logging.getLogger("rotating_pool")
 
 LOGIN_KEY = "rotating_pool.login"
 """Key of the `Login` in a ``ConnectionPoolEntry.info``."""
-
-MIN_RETIRE_AFTER = 5.0
-"""The shortest ``retire_after`` accepted, in seconds: the window must leave
-room for two poll intervals (noticing, and the refresh's own jitter)."""
-
-MIN_POLL_INTERVAL = 1.0
-"""The shortest background refresh interval the store accepts."""
 
 _DUE_KEY = "rotating_pool.retire_due"  # deadline (monotonic): close at checkin
 _OUT_KEY = "rotating_pool.checked_out"  # when it was checked out (monotonic)
@@ -152,64 +155,6 @@ def _login_of(credentials: Credentials) -> Login:
 def record_login(conn_rec: ConnectionPoolEntry, credentials: Credentials) -> None:
     """Note on the pool entry which credentials its new connection logged in with."""
     conn_rec.info[LOGIN_KEY] = login_of(credentials)
-
-
-def validate_retire_after(retire_after: object) -> float | None:
-    """`retire_after` as a float, or None (off).
-
-    Raises:
-        ConfigurationError: not a number of seconds >= `MIN_RETIRE_AFTER`.
-    """
-    if retire_after is None:
-        return None
-    if isinstance(retire_after, bool) or not isinstance(retire_after, int | float):
-        raise ConfigurationError(
-            f"retire_after must be a number of seconds or None, not {type(retire_after).__name__}"
-        )
-    if not math.isfinite(retire_after) or retire_after < MIN_RETIRE_AFTER:
-        raise ConfigurationError(
-            f"retire_after must be at least {MIN_RETIRE_AFTER:g} seconds, not {retire_after}"
-        )
-    return float(retire_after)
-
-
-def poll_interval(retire_after: float) -> float:
-    """Seconds between background refreshes that retirement needs: a tenth of
-    `retire_after`, at least 1 s."""
-    return max(MIN_POLL_INTERVAL, retire_after / 10)
-
-
-def retirement_window(retire_after: float) -> float:
-    """Seconds over which superseded connections are spread, counted from when
-    the process notices the change: `retire_after` less two poll intervals
-    (the rotation may have happened just after a poll, and the refresh itself
-    is jittered), so that the last one closes within `retire_after` of the
-    rotation."""
-    return retire_after - 2 * poll_interval(retire_after)
-
-
-def retirement_times(
-    count: int, start: float, window: float, rng: random.Random | None = None
-) -> list[float]:
-    """`count` moments in ``[start, start + window)``, one at random in each of
-    `count` equal slices: at most ceil(count / window) + 1 fall in any 1-second
-    interval, where independent draws could bunch up.
-
-    Each moment falls in the middle half of its slice, so that the small
-    delays of carrying a retirement out (waiting for a checkin, the
-    scheduler's wake-up on a busy machine) cannot push the moments of four
-    slices into one second.
-    """
-    if count <= 0:
-        return []
-    uniform = (rng or random).uniform
-    width = window / count
-    return [start + (slot + uniform(0.25, 0.75)) * width for slot in range(count)]
-
-
-def max_per_second(count: int, window: float) -> int:
-    """The most retirements `retirement_times` puts in any 1-second interval."""
-    return math.ceil(count / window) + 1 if count else 0
 
 
 class _Scheduler:
@@ -324,7 +269,7 @@ class Retirement:
                 return
             retirement._changed(previous, new)
 
-        unsubscribe = store.subscribe(changed)
+        unsubscribe = store.subscribe(changed, refresh_every=self.poll_interval)
 
     def __repr__(self) -> str:
         return (
@@ -425,7 +370,7 @@ class Retirement:
             if retirement is None or retirement._engine() is None:
                 return  # the engine is gone: stop polling
             if retirement._has_open_connections():  # nothing to retire, nothing to notice
-                retirement._store.held()  # starts the background refresh when due; never waits
+                retirement._store.refresh_if_due()  # never waits
             retirement._schedule_poll(time.monotonic())
 
         # The store refreshes when its own (jittered) interval is due; ticking

@@ -18,7 +18,6 @@ and runs the secret reads the login policy asks for:
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 import os
@@ -29,6 +28,7 @@ import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from rotating_pool.core.ledger import Ledger
 from rotating_pool.errors import RotatingPoolError, SecretsManagerUnavailableError
 from rotating_pool.secret import Credentials
 from rotating_pool.sources import SecretSource
@@ -42,10 +42,6 @@ Answer = Credentials | BaseException | None
 Subscriber = Callable[["Credentials | None", Credentials], None]
 """Called as ``subscriber(previous, new)`` when the credentials in use change
 (``previous`` is None at the first load)."""
-
-# Version ids refused lately, remembered so that a refetch does not offer them
-# again (a single-user rotation's AWSPENDING is refused once finished, say).
-_REFUSED_VERSIONS_KEPT = 4
 
 
 @dataclass(frozen=True)
@@ -160,11 +156,8 @@ class CredentialStore:
         self._current: Credentials | None = None
         self._next_poll = 0.0
         self._counts: dict[str, int] = dict.fromkeys(Stats.__dataclass_fields__, 0)
-        self._refused: collections.deque[str | None] = collections.deque(
-            maxlen=_REFUSED_VERSIONS_KEPT
-        )
-        # (refused credentials, when a refetch for them found nothing new)
-        self._nothing_new: tuple[Credentials, float] | None = None
+        # What was refused and what a refetch found: the core's rules, held here.
+        self._ledger = Ledger()
         self._subscribers: list[Subscriber] = []
         self._init_locks()
         _live_stores.add(self)
@@ -198,7 +191,9 @@ class CredentialStore:
         with self._lock:
             self._counts[name] += n
 
-    def subscribe(self, subscriber: Subscriber) -> Callable[[], None]:
+    def subscribe(
+        self, subscriber: Subscriber, *, refresh_every: float | None = None
+    ) -> Callable[[], None]:
         """Call ``subscriber(previous, new)`` whenever the credentials in use
         change; returns a function that unsubscribes.
 
@@ -206,7 +201,15 @@ class CredentialStore:
         that changed the credentials, with the store's lock held, so a
         subscriber must return quickly and must not call the store. An error
         it raises is logged and ignored.
+
+        `refresh_every`: the subscriber needs to learn of a new AWSCURRENT
+        within about this many seconds even when no login is refused (a busy
+        pool makes none); the store's refresh interval becomes at most this
+        (`refresh_at_least_every`), and whoever drives the refresh calls
+        `refresh_if_due`.
         """
+        if refresh_every is not None:
+            self.refresh_at_least_every(refresh_every)
         with self._lock:
             self._subscribers.append(subscriber)
 
@@ -216,17 +219,33 @@ class CredentialStore:
 
         return unsubscribe
 
-    def held(self) -> Credentials | None:
-        """The credentials to log in with, or None before the first read. Never waits."""
+    def refresh_at_least_every(self, seconds: float) -> None:
+        """Refresh at least every `seconds`: engines that share this store may
+        need different intervals, and the store keeps the smallest."""
+        with self._lock:
+            if seconds >= self.refresh_interval:
+                return
+            self.refresh_interval = seconds
+            if self._current is not None:
+                due = self._clock() + self._poll_delay(seconds)
+                self._next_poll = min(self._next_poll, due)
+
+    def refresh_if_due(self) -> None:
+        """Start one background refresh when the refresh interval has passed
+        (one at a time; the caller never waits for it)."""
         credentials = self._current
         if credentials is not None and self._clock() >= self._next_poll:
             self._start_refresh(credentials)
-        return credentials
+
+    def held(self) -> Credentials | None:
+        """The credentials to log in with, or None before the first read. Never
+        waits; starts a background refresh when one is due (`refresh_if_due`)."""
+        self.refresh_if_due()
+        return self._current
 
     def held_instead_of(self, rejected: Credentials) -> Credentials | None:
         """The credentials in use, if they are not `rejected`; None otherwise. Never waits."""
-        credentials = self._current
-        return credentials if credentials is not None and credentials != rejected else None
+        return self._ledger.adopt_instead_of(self._current, rejected)
 
     def current(self, timeout: float = 30.0) -> Credentials:
         """The credentials to log in with, reading the secret if need be.
@@ -274,21 +293,20 @@ class CredentialStore:
         seconds ago.
         """
         with self._lock:
-            current = self._current
-            if current is not None and current != rejected:
-                return Flight(current, done=True)  # another caller recovered already
+            ledger = self._ledger
+            adopted = ledger.adopt_instead_of(self._current, rejected)
+            if adopted is not None:
+                return Flight(adopted, done=True)  # another caller recovered already
             flight = self._flights.get(rejected)
             if flight is not None:
                 self._counts["refetch_joins"] += 1
                 logger.debug("secret %r: waiting for the refetch in flight", self.secret_id)
                 return flight
-            last = self._nothing_new
-            if last is not None and last[0] == rejected and self._clock() - last[1] < reuse_for:
+            if ledger.reuses_nothing_new(rejected, self._clock(), reuse_for):
                 self._counts["refetch_reuses"] += 1
                 return Flight(None, done=True)
-            if rejected.version_id not in self._refused:
-                self._refused.appendleft(rejected.version_id)
-            refused = tuple(self._refused)
+            self._ledger = ledger = ledger.refusing(rejected)
+            refused = ledger.refused
             flight = self._flights[rejected] = Flight()
             self._counts["refetches"] += 1
 
@@ -361,11 +379,10 @@ class CredentialStore:
     def _finish_refetch(self, rejected: Credentials, answer: Answer) -> None:
         with self._lock:
             del self._flights[rejected]
+            self._ledger = self._ledger.answered(rejected, answer, self._clock())
             if isinstance(answer, Credentials):
-                self._nothing_new = None
                 self._set_current(answer, "a login was refused")
             elif answer is None:
-                self._nothing_new = (rejected, self._clock())
                 logger.info(
                     "secret %r offers no credentials other than the refused ones (user %r)",
                     self.secret_id,
@@ -432,13 +449,7 @@ class CredentialStore:
             self._refreshing.release()
         with self._lock:
             self._counts["background_refreshes"] += 1
-            # Only over what the poll started from (a recovery meanwhile wins),
-            # and never back to a version refused lately (a cache may lag).
-            if (
-                newer is not None
-                and self._current == held
-                and newer.version_id not in self._refused
-            ):
+            if newer is not None and self._ledger.refresh_may_adopt(newer, self._current, held):
                 self._set_current(newer, "the periodic refresh found a new AWSCURRENT")
 
     def _after_fork(self) -> None:

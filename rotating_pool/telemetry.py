@@ -36,9 +36,11 @@ import threading
 import time
 from collections.abc import Iterator
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from rotating_pool.core.classify import is_login_rejection
+from rotating_pool._version import __version__
+from rotating_pool.core.classify import Verdict
+from rotating_pool.core.plan import Success
 from rotating_pool.errors import LoginRejectedError
 from rotating_pool.secret import Credentials
 
@@ -57,6 +59,7 @@ if TYPE_CHECKING:
 __all__ = [
     "AVAILABLE",
     "ConnectWatch",
+    "Counts",
     "Telemetry",
     "instrument_client",
     "telemetry",
@@ -153,8 +156,6 @@ class Telemetry:
         self.enabled = AVAILABLE
         if not AVAILABLE:
             return
-        from rotating_pool import __version__  # noqa: PLC0415  (no import cycle at load)
-
         meter = otel_metrics.get_meter(SCOPE, __version__, meter_provider=meter_provider)
         self.tracer = otel_trace.get_tracer(SCOPE, __version__, tracer_provider=tracer_provider)
         made: dict[str, Any] = {
@@ -172,9 +173,10 @@ class Telemetry:
         self.call_duration = made["call_duration"]
         self.retired = made["retired"]
 
-    def watch_connect(self, secret_id: str) -> ConnectWatch:
-        """A watch for one ``do_connect``: counts its logins and spans its recovery."""
-        return ConnectWatch(self if self.enabled else None, secret_id)
+    def watch_connect(self, secret_id: str, counts: Counts | None = None) -> ConnectWatch:
+        """A watch for one connect: counts its logins (into `counts` and
+        OpenTelemetry) and spans its recovery."""
+        return ConnectWatch(self if self.enabled else None, secret_id, counts)
 
     def connection_retired(self, secret_id: str, login: Login) -> None:
         """Count a retired connection."""
@@ -266,15 +268,29 @@ def _record(context: Any, outcome: str, error_type: str | None) -> None:
         logger.exception("rotating_pool: recording a Secrets Manager call failed")
 
 
-class ConnectWatch:
-    """Counts the logins of one ``do_connect`` and spans its recovery, if any.
+class Counts(Protocol):
+    """Where a connect's counters go besides OpenTelemetry: the store's `Stats`."""
 
-    Use as a context manager around the whole connect, and `attempt` around
-    each login.
+    def count(self, name: str, n: int = 1) -> None:
+        """Add `n` to the `Stats` counter `name`."""
+        ...
+
+
+class ConnectWatch:
+    """The one counter path of one connect: each event goes to the store's
+    `Stats` and to OpenTelemetry alike, and a recovery gets its span.
+
+    The shell (`rotating_pool.connect`) reports what the plan decided: each
+    login (`login`), each failed login's `Verdict` (`judged`), the `Success`
+    (`succeeded`); used as a context manager around the whole connect, it
+    sees how the connect ended. It never classifies an error itself.
     """
 
-    def __init__(self, telemetry: Telemetry | None, secret_id: str) -> None:
+    def __init__(
+        self, telemetry: Telemetry | None, secret_id: str, counts: Counts | None = None
+    ) -> None:
         self._telemetry = telemetry
+        self._counts = counts
         self._secret = _secret_attributes(secret_id) if telemetry is not None else {}
         self._refused = 0
         self._first_refusal = 0.0
@@ -282,28 +298,44 @@ class ConnectWatch:
         self._span: Any = None
         self._token: Any = None
 
-    @contextlib.contextmanager
-    def attempt(self, credentials: Credentials) -> Iterator[None]:
-        """Around one login with `credentials`."""
+    def _count(self, name: str) -> None:
+        if self._counts is not None:
+            self._counts.count(name)
+
+    def login(self, credentials: Credentials) -> None:
+        """A login with `credentials` is about to start."""
+        self._count("logins")
+        self._last = credentials
+        if self._telemetry is not None:
+            self._telemetry.logins.add(1, {**self._secret, ATTR_USER: credentials.username})
+
+    def judged(self, verdict: Verdict) -> None:
+        """A login failed, and the plan judged it so."""
+        if not verdict.refused:
+            return
+        self._count("rejected_logins")
+        self._refused += 1
         telemetry = self._telemetry
         if telemetry is None:
-            yield
             return
-        attributes = {**self._secret, ATTR_USER: credentials.username}
-        telemetry.logins.add(1, attributes)
-        self._last = credentials
-        try:
-            yield
-        except Exception as error:
-            if is_login_rejection(error):
-                telemetry.refused.add(1, attributes)
-                if not self._refused:
-                    self._start_span(credentials)
-                self._refused += 1
-            raise
+        telemetry.refused.add(1, {**self._secret, ATTR_USER: verdict.credentials.username})
+        if self._refused == 1:
+            self._start_span(verdict.credentials)
+
+    def succeeded(self, success: Success) -> None:
+        """The login succeeded; a recovery when it followed refusals."""
+        if success.refusals:
+            self._count("recovered_logins")
+
+    @contextlib.contextmanager
+    def attempt(self, credentials: Credentials) -> Iterator[None]:
+        """Around one login with `credentials` (counts it; the verdict on a
+        failure comes through `judged`)."""
+        self.login(credentials)
+        yield
 
     def _start_span(self, refused: Credentials) -> None:
-        assert self._telemetry is not None  # attempt() only counts when enabled
+        assert self._telemetry is not None  # judged() only spans when enabled
         self._first_refusal = time.perf_counter()
         self._span = self._telemetry.tracer.start_span(
             "rotating_pool.recovery",
@@ -327,6 +359,8 @@ class ConnectWatch:
         error: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
+        if isinstance(error, LoginRejectedError):
+            self._count("failed_recoveries")
         telemetry, span, last = self._telemetry, self._span, self._last
         if telemetry is None or not self._refused:
             return

@@ -284,6 +284,33 @@ def test_engines_reading_one_secret_share_one_refetch_per_process(
     assert rotating_pool.credential_store(writer) is rotating_pool.credential_store(reader)
 
 
+def test_engines_with_other_settings_on_one_secret_share_one_store_and_its_reads(
+    make_secret, app_schema, postgres, sm_client, via_proxy
+):
+    # Retirement, refresh interval and retry budget are each engine's own; the
+    # reads are the process's. (retire_after=300 polls every 30 s: no
+    # background refresh runs during the test.)
+    arn = make_secret("single")
+    retiring = rotating_pool.create_engine(
+        URL, secret_id=arn, retire_after=300, retry=RetryBudget(rounds=3)
+    )
+    plain = rotating_pool.create_engine(URL + "/postgres", secret_id=arn, refresh_interval=120)
+    store = rotating_pool.credential_store(retiring)
+    assert rotating_pool.credential_store(plain) is store
+    assert store.refresh_interval == 30.0  # the smallest any engine needs: retirement's
+    assert who(retiring)[0] == who(plain)[0] == app_schema.users[0]
+    assert via_proxy.calls == {"GetSecretValue": 1}  # one first load for both
+    retiring.dispose()
+    plain.dispose()
+    document = {**current_document(sm_client, arn), "password": "rotated-for-both"}
+    put_version(sm_client, arn, document, "AWSCURRENT")
+    set_password(postgres, app_schema.users[0], "rotated-for-both")
+    via_proxy.reset_calls()
+    assert who(plain)[0] == who(retiring)[0] == app_schema.users[0]
+    assert via_proxy.calls == {"DescribeSecret": 1, "GetSecretValue": 1}
+    assert rotating_pool.stats(plain).refetches == 1
+
+
 def test_forked_children_use_an_engine_made_before_the_fork(make_secret):
     engine = rotating_pool.create_engine(URL, secret_id=make_secret())
     parent_view = who(engine)

@@ -23,8 +23,10 @@ from rotating_pool.policy import (
     Load,
     Recheck,
     Refetch,
+    Success,
     Wait,
     classify_login_error,
+    judge_login_error,
     login_plan,
 )
 from rotating_pool.secret import Credentials
@@ -46,13 +48,14 @@ class FakeClock:
         return self.now
 
 
-def plan(budget: RetryBudget | None = None, clock: FakeClock | None = None, start=OLD):
+def plan(budget: RetryBudget | None = None, clock: FakeClock | None = None, start=OLD, **kw):
     return login_plan(
         start,
         secret_id="db",
         budget=budget or RetryBudget(),
         rng=random.Random(1),
         clock=clock or FakeClock(),
+        **kw,
     )
 
 
@@ -395,3 +398,54 @@ def test_the_default_budget_stays_below_thirty_seconds():
     budget = RetryBudget()
     assert budget.deadline < 30  # SQLAlchemy's pool_timeout, gunicorn's worker timeout
     assert budget.max_total_delay() < budget.deadline
+
+
+# -- one verdict per failed login, and the plan decides confirm ----------------------------
+
+
+def test_each_failed_login_is_judged_once_and_the_verdict_handed_on():
+    verdicts = []
+    steps = plan(on_verdict=verdicts.append)
+    next(steps)
+    steps.send(REFUSED)
+    assert [(v.failure, v.credentials, v.refusals) for v in verdicts] == [(Failure.REFUSED, OLD, 1)]
+    assert verdicts[0].error is REFUSED
+    steps.send(NEW)
+    steps.send(NOLOGIN)
+    assert [(v.failure, v.credentials, v.refusals) for v in verdicts][1:] == [
+        (Failure.REFUSED, NEW, 2)
+    ]
+
+
+def test_a_login_after_a_refusal_ends_the_plan_asking_the_store_to_confirm():
+    steps = plan()
+    next(steps)
+    steps.send(REFUSED)
+    assert steps.send(NEW) == Connect(NEW, 20)
+    with pytest.raises(StopIteration) as ended:
+        steps.send(None)
+    assert ended.value.value == Success(NEW, confirm=True, refusals=1)
+
+
+def test_a_first_login_or_one_after_an_unrecognised_error_confirms_nothing():
+    steps = plan()
+    next(steps)
+    with pytest.raises(StopIteration) as ended:
+        steps.send(None)
+    assert ended.value.value == Success(OLD, confirm=False, refusals=0)
+    verdicts = []
+    steps = plan(on_verdict=verdicts.append)
+    next(steps)
+    steps.send(ODD_FATAL)
+    steps.send(NEW)
+    with pytest.raises(StopIteration) as ended:
+        steps.send(None)
+    assert ended.value.value == Success(NEW, confirm=False, refusals=0)
+    assert [v.failure for v in verdicts] == [Failure.UNRECOGNISED]
+
+
+def test_a_verdict_never_shows_the_error_or_the_password():
+    verdict = judge_login_error(REFUSED, Credentials("app_a", "s3cr3t-pw", version_id="v1"))
+    assert verdict.refused and verdict.refusals == 1
+    assert "s3cr3t-pw" not in repr(verdict)
+    assert "authentication failed" not in repr(verdict)

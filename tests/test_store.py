@@ -7,7 +7,10 @@ from collections.abc import Sequence
 
 import pytest
 
-from rotating_pool import CredentialStore, SecretsManagerUnavailableError
+import rotating_pool.core.classify as classify
+from rotating_pool import CredentialStore, RetryBudget, SecretsManagerUnavailableError
+from rotating_pool.connect import login
+from rotating_pool.core.ledger import REFUSED_VERSIONS_KEPT, Ledger
 from rotating_pool.errors import RotatingPoolError
 from rotating_pool.secret import AWSPENDING, Credentials
 
@@ -331,3 +334,79 @@ def test_refresh_times_are_jittered_between_half_and_all_of_the_interval(interva
     delays = {store._poll_delay(interval) for _ in range(50)}
     assert all(interval / 2 <= d <= interval for d in delays)
     assert len(delays) > 1
+
+
+# -- the ledger: the store's rules as a value ------------------------------------------------
+
+
+def test_the_ledger_keeps_the_last_four_refused_versions_newest_first():
+    ledger = Ledger()
+    for version in ("v1", "v2", "v1", "v3", "v4", "v5"):
+        ledger = ledger.refusing(Credentials("u", "p", version_id=version))
+    assert ledger.refused == ("v5", "v4", "v3", "v2")
+    assert REFUSED_VERSIONS_KEPT == 4
+
+
+def test_the_ledger_reuses_nothing_new_only_for_the_same_credentials_within_the_window():
+    ledger = Ledger().answered(A1, None, now=10.0)
+    assert ledger.reuses_nothing_new(A1, now=10.9, reuse_for=1.0)
+    assert not ledger.reuses_nothing_new(A1, now=11.0, reuse_for=1.0)
+    assert not ledger.reuses_nothing_new(B2, now=10.1, reuse_for=1.0)
+    assert not ledger.answered(A1, B2, now=10.5).reuses_nothing_new(A1, 10.6, 1.0)
+    errored = ledger.answered(A1, RotatingPoolError("x"), now=10.5)
+    assert errored.reuses_nothing_new(A1, 10.6, 1.0)  # an error is no news either way
+
+
+def test_the_refresh_may_adopt_only_over_what_it_polled_and_never_a_refused_version():
+    ledger = Ledger().refusing(B2)
+    assert not ledger.refresh_may_adopt(B2, current=A1, polled=A1)  # B2 was refused
+    assert ledger.refresh_may_adopt(A3, current=A1, polled=A1)
+    assert not ledger.refresh_may_adopt(A3, current=B2, polled=A1)  # a recovery meanwhile
+    assert not ledger.refresh_may_adopt(None, current=A1, polled=A1)
+
+
+def test_a_refresh_never_adopts_a_version_refused_lately():
+    # A cache or a lagging replica may still label a refused version AWSCURRENT.
+    source = FakeSource()
+    clock = FakeClock()
+    store = loaded_store(source, refresh_interval=10.0, clock=clock)
+    source.current = B2
+    assert store.refetch(A1, WAIT) == B2  # B2 in use
+    assert store.refetch(B2, WAIT) is None  # then B2 refused too: nothing new
+    store.confirm(A1)  # A1 logged in after all (a pooler had lagged)
+    clock.now = 100.0
+    source.gate, source.entered = threading.Event(), threading.Event()
+    store.held()  # the refresh is due: its poll answers B2, still AWSCURRENT
+    assert source.entered.wait(WAIT)
+    (refresh,) = [t for t in threading.enumerate() if t.name == "rotating_pool-refresh-db"]
+    source.gate.set()
+    refresh.join(WAIT)
+    assert source.reads[-1] == "poll"
+    assert store.stats().background_refreshes == 1
+    assert store.held() == A1
+
+
+def test_a_refused_login_is_classified_once_whoever_counts_it(monkeypatch):
+    calls = []
+    real = classify.classify_login_error
+
+    def counting(error):
+        calls.append(error)
+        return real(error)
+
+    monkeypatch.setattr(classify, "classify_login_error", counting)
+    source = FakeSource()
+    store = loaded_store(source)
+    source.current = B2
+    refusal = OSError('FATAL:  password authentication failed for user "app_a"')
+
+    def connect(credentials, timeout):
+        if credentials == A1:
+            raise refusal
+        return "connection"
+
+    assert login(store, RetryBudget(), connect) == "connection"
+    assert calls == [refusal]
+    stats = store.stats()
+    assert (stats.logins, stats.rejected_logins, stats.recovered_logins) == (2, 1, 1)
+    assert store.held() == B2

@@ -11,8 +11,17 @@ from __future__ import annotations
 import enum
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 
-__all__ = ["Failure", "classify_login_error", "is_login_rejection"]
+from rotating_pool.secret import Credentials
+
+__all__ = [
+    "Failure",
+    "Verdict",
+    "classify_login_error",
+    "is_login_rejection",
+    "judge_login_error",
+]
 
 
 class Failure(enum.Enum):
@@ -112,6 +121,36 @@ def classify_login_error(error: BaseException) -> Failure:
     if sqlstate is not None or _SERVER_SPOKE.search(text):
         return Failure.UNRECOGNISED
     return Failure.TRANSIENT
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One failed login, judged once: what the plan, the shell's counters and
+    logs, and the telemetry all act on.
+
+    Attributes:
+        failure: what the failure means for the credentials.
+        credentials: the credentials that failed (never shown: see `Credentials`'s repr).
+        error: the driver's error.
+        refusals: recognised refusals of this connection so far, this one included.
+    """
+
+    failure: Failure
+    credentials: Credentials
+    error: BaseException = field(repr=False, compare=False)
+    refusals: int = 0
+
+    @property
+    def refused(self) -> bool:
+        """Whether the credentials were refused (`Failure.REFUSED`)."""
+        return self.failure is Failure.REFUSED
+
+
+def judge_login_error(error: BaseException, credentials: Credentials, refusals: int = 0) -> Verdict:
+    """The `Verdict` on a failed login with `credentials`, after `refusals` earlier ones."""
+    failure = classify_login_error(error)
+    refused = 1 if failure is Failure.REFUSED else 0
+    return Verdict(failure, credentials, error, refusals + refused)
 
 
 def is_login_rejection(error: BaseException) -> bool:

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 
-from rotating_pool.core.classify import Failure, classify_login_error
+from rotating_pool.core.classify import Failure, Verdict, judge_login_error
 from rotating_pool.errors import (
     ConfigurationError,
     LoginRejectedError,
@@ -35,6 +35,7 @@ __all__ = [
     "Recheck",
     "Refetch",
     "RetryBudget",
+    "Success",
     "Wait",
     "login_plan",
 ]
@@ -181,6 +182,17 @@ Action = Load | Connect | Refetch | Recheck | Wait
 Answer = BaseException | Credentials | None
 
 
+@dataclass(frozen=True)
+class Success:
+    """How a plan ended: `credentials` logged in after `refusals` recognised
+    refusals; `confirm` says whether the store should adopt them for every new
+    connection (the plan decides, not the shell)."""
+
+    credentials: Credentials
+    confirm: bool
+    refusals: int
+
+
 @dataclass
 class _Clock:
     """The deadline of one plan."""
@@ -189,6 +201,7 @@ class _Clock:
     budget: float
     start: float = 0.0
     logins: int = 0
+    refusals: int = 0
     last_fetch_error: BaseException | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -221,13 +234,16 @@ def login_plan(
     budget: RetryBudget,
     rng: random.Random | None = None,
     clock: Callable[[], float] = time.monotonic,
-) -> Generator[Action, Answer, None]:
+    on_verdict: Callable[[Verdict], None] | None = None,
+) -> Generator[Action, Answer, Success]:
     """The login policy; see the module docstring for how it is driven.
 
     0. Without credentials yet, load the secret; throttling and outages are
        retried with the budget's delays, other errors are raised at once.
     1. Log in. Success ends the plan (the shell stops driving it).
-    2. The error is classified (`classify_login_error`). Transient: raised as
+    2. The error is judged once (`judge_login_error`), and the `Verdict`
+       handed to `on_verdict` (the shell's counters, logs and telemetry
+       receive it; none of them classifies again). Transient: raised as
        is. Unrecognised: one refetch (at most one Secrets Manager call per
        process per minute while it repeats); new credentials are tried, else
        the driver's error is raised at once.
@@ -238,36 +254,53 @@ def login_plan(
        or with what another caller of the process recovered meanwhile.
     4. When the rounds or the deadline are spent, raise `LoginRejectedError`
        chained to the driver's last error, saying how long it took.
+
+    A login that succeeds ends the plan with a `Success` (the generator's
+    return value): it says whether the store should `confirm` the
+    credentials (after a recognised refusal) so that every new connection
+    uses them.
     """
     timer = _Clock(clock, budget.deadline)
     delays = budget.delays(rng)
+
+    def judge(error: Answer, tried: Credentials) -> Verdict:
+        verdict = judge_login_error(_as_exception(error), tried, timer.refusals)
+        timer.refusals = verdict.refusals
+        if on_verdict is not None:
+            on_verdict(verdict)
+        return verdict
+
+    def success(logged_in: Credentials) -> Success:
+        # Confirm only after a recognised refusal: then the credentials in use
+        # were wrong, and every new connection should take these.
+        return Success(logged_in, confirm=timer.refusals > 0, refusals=timer.refusals)
+
     if credentials is None:
         credentials = yield from _first_load(secret_id, budget, timer, delays)
     login_timeout = timer.login_timeout() or MIN_LOGIN_SECONDS
     timer.logins += 1
     error = yield Connect(credentials, login_timeout)
     if error is None:
-        return
-    error = _as_exception(error)
-    kind = classify_login_error(error)
-    if kind is Failure.TRANSIENT:
-        raise error
-    if kind is Failure.UNRECOGNISED:
+        return success(credentials)
+    verdict = judge(error, credentials)
+    if verdict.failure is Failure.TRANSIENT:
+        raise verdict.error
+    if verdict.failure is Failure.UNRECOGNISED:
         fetch_timeout = timer.fetch_timeout()
         if fetch_timeout is None:
-            raise error
+            raise verdict.error
         answer = yield Refetch(credentials, fetch_timeout, UNRECOGNISED_REUSE_SECONDS)
         login_timeout = timer.login_timeout() or 0
         if not isinstance(answer, Credentials) or not login_timeout:
-            raise error
+            raise verdict.error
         credentials = answer
         timer.logins += 1
         error = yield Connect(credentials, login_timeout)
         if error is None:
-            return
-        error = _as_exception(error)
-        if classify_login_error(error) is not Failure.REFUSED:
-            raise error
+            return success(credentials)
+        verdict = judge(error, credentials)
+        if not verdict.refused:
+            raise verdict.error
     for _round in range(budget.rounds):
         fetch_timeout = timer.fetch_timeout()
         if fetch_timeout is None:
@@ -289,14 +322,13 @@ def login_plan(
         if not login_timeout:
             break
         timer.logins += 1
-        new_error = yield Connect(credentials, login_timeout)
-        if new_error is None:
-            return
-        new_error = _as_exception(new_error)
-        if classify_login_error(new_error) is not Failure.REFUSED:
-            raise new_error
-        error = new_error
-    raise _gave_up(credentials, secret_id, budget, timer) from error
+        error = yield Connect(credentials, login_timeout)
+        if error is None:
+            return success(credentials)
+        verdict = judge(error, credentials)
+        if not verdict.refused:
+            raise verdict.error
+    raise _gave_up(credentials, secret_id, budget, timer) from verdict.error
 
 
 def _first_load(
