@@ -109,6 +109,8 @@ mutation: $(MUTATION_STAMP)
 	$(VENV)/bin/mutmut run --max-children 2 > /dev/null 2>&1 || true
 	$(VENV)/bin/mutmut export-cicd-stats > /dev/null
 	$(VENV)/bin/python -c "import json; s = json.load(open('mutants/mutmut-cicd-stats.json')); \
-	print(f\"mutation score: {s['killed']}/{s['total']} killed ({100 * s['killed'] / s['total']:.1f}%),\", \
-	f\"{s['survived']} survived, {s['no_tests']} not covered, {s['timeout']} timed out\")"
+	caught = s['killed'] + s['timeout']; \
+	print(f\"mutation score: {caught}/{s['total']} caught ({100 * caught / s['total']:.1f}%:\", \
+	f\"{s['killed']} failed a test, {s['timeout']} hung one),\", \
+	f\"{s['survived']} survived, {s['no_tests']} not covered\")"
 	$(VENV)/bin/mutmut results
