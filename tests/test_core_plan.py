@@ -1,5 +1,6 @@
 """The login plan's edges that `make mutation` found no fast test held: exact deadlines,
-the first load's retries and its errors, counts and messages, the classifier's chain.
+the first load's retries and its errors, counts and messages, the classifier's chain,
+retirement's timing.
 
 Pure: the plan driven by hand with a fake clock, no database or network.
 """
@@ -11,6 +12,12 @@ import random
 import pytest
 
 from rotating_pool import LoginRejectedError, RetryBudget
+from rotating_pool.core.retirement import (
+    MIN_RETIRE_AFTER,
+    max_per_second,
+    retirement_times,
+    validate_retire_after,
+)
 from rotating_pool.errors import ConfigurationError, SecretsManagerUnavailableError
 from rotating_pool.policy import (
     Connect,
@@ -162,7 +169,10 @@ def test_giving_up_says_how_long_it_took_and_what_to_check():
     message = str(raised.value)
     assert "version (unknown version)" in message and "in 3.0 s" in message
     assert message.startswith("the database rejected user 'app_a' from secret 'db'")
-    assert "password in the secret matches the database (a failed or half-finished" in message
+    assert (
+        "check that the password in the secret matches the database "
+        "(a failed or half-finished rotation?)" in message
+    )
     assert message.endswith("the last Secrets Manager read failed too: " + str(THROTTLED))
 
 
@@ -257,3 +267,77 @@ class Psycopg2Error(Exception):
 
 def test_psycopg2s_pgcode_is_read():
     assert classify_login_error(Psycopg2Error("login failed", "28P01")) is Failure.REFUSED
+
+
+def test_each_failed_login_is_judged_with_the_credentials_it_tried():
+    verdicts = []
+    plan = login_plan(
+        OLD,
+        secret_id="db",
+        budget=RetryBudget(),
+        rng=random.Random(1),
+        clock=Clock(),
+        on_verdict=verdicts.append,
+    )
+    next(plan)
+    plan.send(REFUSED)
+    plan.send(NEW)  # the refetch found NEW
+    plan.send(REFUSED)  # NEW refused too
+    assert [v.credentials for v in verdicts] == [OLD, NEW]
+
+
+def test_an_unrecognised_error_is_raised_when_the_refetch_leaves_no_time_for_a_login():
+    clock = Clock()
+    plan = make(RetryBudget(deadline=20), clock)
+    next(plan)
+    assert isinstance(plan.send(ODD_FATAL), Refetch)
+    clock.now += 18.5  # the refetch took long: 1.5 s left
+    with pytest.raises(OSError, match="gatekeeper"):
+        plan.send(NEW)
+
+
+@pytest.mark.xfail(
+    raises=RuntimeError,
+    reason="core: a first load that used every delay leaves none for the recovery "
+    "(next(delays) raises StopIteration inside the plan)",
+)
+def test_a_refusal_after_a_first_load_that_used_every_delay_still_waits_and_gives_up():
+    clock = Clock()
+    plan = make(RetryBudget(rounds=2, base_delay=0.1, max_delay=0.1, deadline=60), clock, None)
+    action = next(plan)
+    for answer in (THROTTLED, None, THROTTLED, None):  # two throttled loads, two waits
+        action = plan.send(answer)
+    assert isinstance(action, Load)
+    assert isinstance(plan.send(OLD), Connect)
+    assert isinstance(plan.send(REFUSED), Refetch)
+    with pytest.raises(LoginRejectedError):
+        action = plan.send(None)  # nothing new
+        while True:
+            action = plan.send(REFUSED if isinstance(action, Connect) else None)
+
+
+# -- retirement's timing ----------------------------------------------------------------------
+
+
+def test_retire_after_accepts_the_minimum_and_returns_a_float():
+    assert validate_retire_after(MIN_RETIRE_AFTER) == MIN_RETIRE_AFTER
+    assert validate_retire_after(7) == 7.0 and isinstance(validate_retire_after(7), float)
+
+
+def test_a_retire_after_of_the_wrong_type_names_its_type():
+    with pytest.raises(ConfigurationError, match="not str"):
+        validate_retire_after("10")
+
+
+def test_retirement_moments_one_per_slice_from_the_generator_given():
+    assert retirement_times(0, 0.0, 10.0) == []
+    assert len(retirement_times(1, 0.0, 10.0)) == 1
+    moments = retirement_times(4, 100.0, 8.0, random.Random(5))
+    assert moments == retirement_times(4, 100.0, 8.0, random.Random(5))
+    assert all(100 + 2 * i + 0.5 <= m <= 100 + 2 * i + 1.5 for i, m in enumerate(moments))
+    assert len(retirement_times(3, 0.0, 3.0)) == 3  # the random module's, without one
+
+
+def test_no_connections_means_no_retirements_per_second():
+    assert max_per_second(0, 10.0) == 0
+    assert max_per_second(10, 5.0) == 3
