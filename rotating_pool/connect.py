@@ -20,15 +20,22 @@ timeout)``): it awaits every read and delay and never blocks the loop.
 
 The shells decide nothing: the plan says what to do next; the shells carry it
 out, wait (a blocking call, an await, or SQLAlchemy's greenlet bridge:
-`rotating_pool.waiting`) and report what happened.
+`rotating_pool.waiting`) and report what happened. Both take the plan's first
+step (`rotating_pool.core.plan.first_login`) before starting the plan, so a
+login that succeeds, nearly every one, costs no plan.
+
+Departure from psycopg_pool's model (sync code generated from async): the two
+shells are written out, about thirty lines each, because all they share is
+the plan they drive; the rules are not repeated, only the waiting differs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Generator
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 from rotating_pool.core.classify import Verdict
 from rotating_pool.core.plan import (
@@ -41,6 +48,7 @@ from rotating_pool.core.plan import (
     RetryBudget,
     Success,
     Wait,
+    first_login,
     login_plan,
 )
 from rotating_pool.errors import LoginRejectedError
@@ -56,16 +64,49 @@ logger = logging.getLogger("rotating_pool")
 T = TypeVar("T")
 
 
+class _FirstLogin(NamedTuple):
+    """The plan's first login, taken before the plan (`first_login`), that failed."""
+
+    credentials: Credentials
+    error: BaseException
+    started: float
+
+
+def _steady_state(
+    store: CredentialStore, budget: RetryBudget
+) -> tuple[ConnectWatch, Connect | None, float]:
+    """The plan's first step with the credentials in hand (`first_login`),
+    counted and timed, for the shell to take without the plan: nearly every
+    new connection ends with it. None when there are no credentials yet."""
+    watch = telemetry().watch_connect(store.secret_id, store)
+    held = store.held()
+    if held is None:
+        return watch, None, 0.0
+    watch.login(held)
+    return watch, first_login(held, budget), time.monotonic()
+
+
 class _Run:
     """One connection's plan, and what both shells do besides waiting: report
     each step to the watch (the one counter path) and the log, and carry out
     the plan's verdicts."""
 
-    def __init__(self, store: CredentialStore, budget: RetryBudget) -> None:
+    def __init__(
+        self,
+        store: CredentialStore,
+        budget: RetryBudget,
+        watch: ConnectWatch,
+        first: _FirstLogin | None,
+    ) -> None:
         self.store = store
-        self.watch: ConnectWatch = telemetry().watch_connect(store.secret_id, store)
+        self.watch = watch
         self.plan: Generator[Action, Answer, Success] = login_plan(
-            store.held(), secret_id=store.secret_id, budget=budget, on_verdict=self.judged
+            first.credentials if first is not None else store.held(),
+            secret_id=store.secret_id,
+            budget=budget,
+            on_verdict=self.judged,
+            first_failed=first.error if first is not None else None,
+            started=first.started if first is not None else None,
         )
 
     def first(self) -> Action:
@@ -124,9 +165,16 @@ def login(
         SecretError, SecretsManagerUnavailableError: the secret could not be read.
         Exception: a driver error that other credentials would not fix, as is.
     """
+    watch, step, started = _steady_state(store, budget)
+    first: _FirstLogin | None = None
+    if step is not None:
+        try:
+            return connect(step.credentials, step.timeout)
+        except Exception as error:
+            first = _FirstLogin(step.credentials, error, started)
     waits = waits or BlockingWaits()
-    run = _Run(store, budget)
-    with run.watch:
+    run = _Run(store, budget, watch, first)
+    with watch:
         action = run.first()
         while True:
             answer: Answer
@@ -161,8 +209,15 @@ async def login_async(
     never blocks the event loop. Cancelling the task stops its wait at once;
     the read it waited for still answers every other waiter.
     """
-    run = _Run(store, budget)
-    with run.watch:
+    watch, step, started = _steady_state(store, budget)
+    first: _FirstLogin | None = None
+    if step is not None:
+        try:
+            return await connect(step.credentials, step.timeout)
+        except Exception as error:
+            first = _FirstLogin(step.credentials, error, started)
+    run = _Run(store, budget, watch, first)
+    with watch:
         action = run.first()
         while True:
             answer: Answer

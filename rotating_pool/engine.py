@@ -365,9 +365,32 @@ class _ConnectHook:
         self.timeout_key = _TIMEOUT_KEY.get(dialect.driver, "connect_timeout")
         self.waits: Waits = GreenletWaits() if dialect.is_async else BlockingWaits()
         self.retirement: Retirement | None = None
+        self._prepared: tuple[Credentials, int, dict[str, Any], dict[str, Any]] | None = None
 
     def __repr__(self) -> str:
         return f"<rotating_pool hook for secret {self.store.secret_id!r}>"
+
+    def _params(
+        self, cparams: dict[str, Any], credentials: Credentials, timeout: int
+    ) -> dict[str, Any]:
+        """`connect_params`, built once per credentials change (and per change
+        of the engine's own parameters or the login's time-out), not per connect.
+
+        The dict is shared by every connect that uses it and never written:
+        ``dialect.connect(**params)`` hands the driver a copy.
+        """
+        prepared = self._prepared
+        if (
+            prepared is not None
+            and prepared[0] is credentials
+            and prepared[1] == timeout
+            and prepared[2] == cparams
+        ):
+            return prepared[3]
+        params = connect_params(cparams, credentials, self.dbname_key, (self.timeout_key, timeout))
+        # One tuple: a racing thread sees the old or the new one whole.
+        self._prepared = (credentials, timeout, dict(cparams), params)
+        return params
 
     def __call__(
         self,
@@ -381,10 +404,7 @@ class _ConnectHook:
         # logins cannot mix one user with another's password.
 
         def connect(credentials: Credentials, timeout: int) -> DBAPIConnection:
-            params = connect_params(
-                cparams, credentials, self.dbname_key, (self.timeout_key, timeout)
-            )
-            connection = dialect.connect(*cargs, **params)
+            connection = dialect.connect(*cargs, **self._params(cparams, credentials, timeout))
             if dialect.driver == "pg8000":
                 _keep_pg8000_timeout(connection, cparams.get("timeout"))
             record_login(conn_rec, credentials)  # for retirement; never the password

@@ -21,6 +21,7 @@ from rotating_pool.core.plan import (
     RetryBudget,
     Success,
     Wait,
+    first_login,
     login_plan,
 )
 
@@ -40,6 +41,7 @@ __all__ = [
     "Verdict",
     "Wait",
     "classify_login_error",
+    "first_login",
     "is_login_rejection",
     "judge_login_error",
     "login_plan",

@@ -35,13 +35,21 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 import botocore.config
 import botocore.exceptions
 
-from rotating_pool.core.reads import Labels, Read, recovery_reads, steady_read
+from rotating_pool.core.reads import (
+    Labels,
+    Read,
+    Route,
+    next_stage,
+    recovery_reads,
+    recovery_route,
+    steady_read,
+)
 from rotating_pool.errors import (
     SecretAccessDeniedError,
     SecretNotFoundError,
     SecretsManagerUnavailableError,
 )
-from rotating_pool.secret import AWSCURRENT, Credentials, parse_credentials
+from rotating_pool.secret import AWSCURRENT, AWSPENDING, Credentials, parse_credentials
 
 if TYPE_CHECKING:
     from mypy_boto3_secretsmanager import SecretsManagerClient
@@ -163,7 +171,9 @@ class SecretsManagerSource:
 
     Reads: `load` is one GetSecretValue(AWSCURRENT); `poll` one DescribeSecret,
     plus a GetSecretValue when AWSCURRENT moved to a version not read yet;
-    `newer` likewise, for AWSCURRENT or AWSPENDING.
+    `newer` one GetSecretValue by stage where `recovery_route` says which label
+    holds the answer (one round trip), else DescribeSecret and then at most the
+    versions worth trying.
 
     >>> source = SecretsManagerSource("prod/app/db")  # nothing is fetched yet
     """
@@ -173,6 +183,8 @@ class SecretsManagerSource:
         self._given_client = client
         self._client: SecretsManagerClient | None = client
         self._memo = VersionMemo()
+        # The stage that answered the last recovery (`recovery_route` reads it).
+        self._last_found: str | None = None
         self._lock = threading.Lock()
         self._client_hooks: list[Callable[[SecretsManagerClient], None]] = []
 
@@ -208,11 +220,44 @@ class SecretsManagerSource:
     def newer(
         self, rejected: Credentials, refused: Sequence[str | None], *, use_pending: bool
     ) -> Credentials | None:
-        """DescribeSecret, then at most the versions worth trying; see `SecretSource.newer`."""
+        """The first read `recovery_route` names, then what it leaves open; see
+        `SecretSource.newer`."""
+        route = recovery_route(rejected.stage, self._last_found, use_pending=use_pending)
+        if route is Route.LABELS:
+            found = self._newer_by_labels(rejected, refused, use_pending=use_pending)
+        else:
+            first = AWSCURRENT if route is Route.CURRENT else AWSPENDING
+            found = self._newer_by_stage(first, rejected, refused, use_pending=use_pending)
+        if found is not None:
+            self._last_found = found.stage
+        return found
+
+    def _newer_by_labels(
+        self, rejected: Credentials, refused: Sequence[str | None], *, use_pending: bool
+    ) -> Credentials | None:
         for read in recovery_reads(self.labels(), refused, use_pending=use_pending):
             credentials = self.read(read)
             if credentials != rejected:  # another version, same login: nothing new
                 return credentials
+        return None
+
+    def _newer_by_stage(
+        self,
+        stage: str | None,
+        rejected: Credentials,
+        refused: Sequence[str | None],
+        *,
+        use_pending: bool,
+    ) -> Credentials | None:
+        while stage is not None:
+            credentials, stages = self._fetch(stage)
+            if (
+                credentials is not None
+                and credentials.version_id not in refused
+                and credentials != rejected
+            ):
+                return credentials
+            stage = next_stage(stage, stages, use_pending=use_pending)
         return None
 
     def labels(self) -> Labels:
@@ -252,14 +297,19 @@ class SecretsManagerSource:
 
     def fetch(self, stage: str) -> Credentials | None:
         """GetSecretValue by stage, bypassing every cache; None if no version has it."""
+        return self._fetch(stage)[0]
+
+    def _fetch(self, stage: str) -> tuple[Credentials | None, tuple[str, ...]]:
+        """`fetch`, with the VersionStages of the version it returned."""
         client = self._get_client()
         try:
             response = client.get_secret_value(SecretId=self._secret_id, VersionStage=stage)
         except Exception as error:
             if stage != AWSCURRENT and _error_code(error) in _NOT_FOUND:
-                return None
+                return None, ()
             raise self._translate(error, f"GetSecretValue({stage})") from error
-        return self._memo.add(
+        stages = tuple(str(label) for label in response.get("VersionStages") or ())
+        credentials = self._memo.add(
             parse_credentials(
                 self._secret_id,
                 response.get("SecretString"),
@@ -267,6 +317,7 @@ class SecretsManagerSource:
                 stage=stage,
             )
         )
+        return credentials, stages
 
     def after_fork(self) -> None:
         """Forget the default client; keep a client you passed."""

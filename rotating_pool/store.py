@@ -13,6 +13,11 @@ and runs the secret reads the login policy asks for:
   shares one read and its outcome. The read runs in a thread of its own, so
   each caller waits only as long as its own deadline allows (a thread, or a
   coroutine that takes no thread), and a hung read can hold nobody beyond that.
+
+What was refused, when "nothing new" is reused, what another caller's
+recovery hands over and what the background refresh may adopt are the rules of
+`rotating_pool.core.ledger.Ledger`, a value the store holds under its lock:
+the store only carries out reads and waits.
 """
 
 from __future__ import annotations

@@ -137,6 +137,9 @@ _INSTRUMENTS = (
 )
 
 
+_MAX_ATTRIBUTE_SETS = 256
+
+
 def _secret_attributes(secret_id: str) -> dict[str, str]:
     attributes = {ATTR_DB_SYSTEM: DB_SYSTEM, ATTR_SECRET_ID: secret_id}
     if secret_id.startswith("arn:"):
@@ -164,6 +167,8 @@ class Telemetry:
             )
             for attribute, name, unit, description in _INSTRUMENTS
         }
+        # Attribute sets, made once per secret and user rather than per login.
+        self._attributes: dict[tuple[str, str | None], dict[str, str]] = {}
         self.logins = made["logins"]
         self.refused = made["refused"]
         self.recoveries = made["recoveries"]
@@ -172,6 +177,18 @@ class Telemetry:
         self.calls = made["calls"]
         self.call_duration = made["call_duration"]
         self.retired = made["retired"]
+
+    def attributes(self, secret_id: str, user: str | None = None) -> dict[str, str]:
+        """The attributes of a secret (and user), made once; never mutate them."""
+        key = (secret_id, user)
+        made = self._attributes.get(key)
+        if made is None:
+            made = _secret_attributes(secret_id)
+            if user is not None:
+                made[ATTR_USER] = user
+            if len(self._attributes) < _MAX_ATTRIBUTE_SETS:  # bounded: users rotate
+                self._attributes[key] = made
+        return made
 
     def watch_connect(self, secret_id: str, counts: Counts | None = None) -> ConnectWatch:
         """A watch for one connect: counts its logins (into `counts` and
@@ -291,7 +308,8 @@ class ConnectWatch:
     ) -> None:
         self._telemetry = telemetry
         self._counts = counts
-        self._secret = _secret_attributes(secret_id) if telemetry is not None else {}
+        self._secret_id = secret_id
+        self._secret = telemetry.attributes(secret_id) if telemetry is not None else {}
         self._refused = 0
         self._first_refusal = 0.0
         self._last: Credentials | None = None
@@ -306,8 +324,9 @@ class ConnectWatch:
         """A login with `credentials` is about to start."""
         self._count("logins")
         self._last = credentials
-        if self._telemetry is not None:
-            self._telemetry.logins.add(1, {**self._secret, ATTR_USER: credentials.username})
+        telemetry = self._telemetry
+        if telemetry is not None:
+            telemetry.logins.add(1, telemetry.attributes(self._secret_id, credentials.username))
 
     def judged(self, verdict: Verdict) -> None:
         """A login failed, and the plan judged it so."""

@@ -311,6 +311,66 @@ def test_engines_with_other_settings_on_one_secret_share_one_store_and_its_reads
     assert rotating_pool.stats(plain).refetches == 1
 
 
+def _current_version(sm_client, arn) -> str:
+    stages = sm_client.describe_secret(SecretId=arn)["VersionIdsToStages"]
+    return next(v for v, labels in stages.items() if "AWSCURRENT" in labels)
+
+
+def test_once_a_recovery_found_awscurrent_moved_the_next_is_one_getsecretvalue(
+    make_secret, app_schema, postgres, sm_client, via_proxy
+):
+    # Alternating rotation moves AWSCURRENT before the old password changes:
+    # GetSecretValue(AWSCURRENT) carries VersionId and VersionStages, the whole answer.
+    arn = make_secret("single")
+    engine = rotating_pool.create_engine(URL, secret_id=arn)
+    user = app_schema.users[0]
+    who(engine)
+    for number, calls in (
+        (1, {"DescribeSecret": 1, "GetSecretValue": 1}),
+        (2, {"GetSecretValue": 1}),
+    ):
+        engine.dispose()
+        document = {**current_document(sm_client, arn), "password": f"moved-{number}"}
+        put_version(sm_client, arn, document, "AWSCURRENT")
+        set_password(postgres, user, f"moved-{number}")
+        via_proxy.reset_calls()
+        assert who(engine)[0] == user
+        assert via_proxy.calls == calls, number
+
+
+def test_credentials_read_as_awspending_are_replaced_by_the_next_awspending_in_one_call(
+    make_secret, app_schema, postgres, sm_client, via_proxy
+):
+    # Single-user rotations seen between setSecret and finishSecret: once the
+    # process logs in with an AWSPENDING, its refusal means a newer rotation
+    # has set a newer password, which is that rotation's AWSPENDING.
+    arn = make_secret("single")
+    engine = rotating_pool.create_engine(URL, secret_id=arn)
+    user = app_schema.users[0]
+    who(engine)
+    for number, calls in (
+        (1, {"DescribeSecret": 1, "GetSecretValue": 1}),
+        (2, {"GetSecretValue": 1}),
+    ):
+        engine.dispose()
+        previous = _current_version(sm_client, arn)
+        document = {**current_document(sm_client, arn), "password": f"pending-{number}"}
+        version = put_version(sm_client, arn, document, "AWSPENDING")  # createSecret
+        set_password(postgres, user, f"pending-{number}")  # setSecret
+        via_proxy.reset_calls()
+        assert who(engine)[0] == user
+        assert via_proxy.calls == calls, number
+        sm_client.update_secret_version_stage(  # finishSecret
+            SecretId=arn,
+            VersionStage="AWSCURRENT",
+            MoveToVersionId=version,
+            RemoveFromVersionId=previous,
+        )
+        sm_client.update_secret_version_stage(
+            SecretId=arn, VersionStage="AWSPENDING", RemoveFromVersionId=version
+        )
+
+
 def test_forked_children_use_an_engine_made_before_the_fork(make_secret):
     engine = rotating_pool.create_engine(URL, secret_id=make_secret())
     parent_view = who(engine)
@@ -515,3 +575,41 @@ def test_a_child_forked_while_the_store_registry_was_locked_can_make_engines(mak
     _, status = os.waitpid(pid, 0)
     assert os.read(reader, 2) == b"ok"
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_connect_parameters_are_built_once_per_credentials_change_not_per_connect():
+    class Dialect:  # a driver that records what it is given and returns at once
+        driver, is_async = "psycopg", False
+
+        def __init__(self):
+            self.given = []
+
+        def connect(self, *args, **params):
+            self.given.append(params)
+            return object()
+
+    class Entry:
+        def __init__(self):
+            self.info = {}
+
+    store = rotating_pool.CredentialStore(rotating_pool.SecretsManagerSource("db"))
+    first = Credentials("app_a", "pw-1", host="db.example", dbname="app", version_id="v1")
+    store.confirm(first)
+    dialect = Dialect()
+    hook = engine_module._ConnectHook(store, RetryBudget(), dialect)
+    cparams = {"host": "proxy.example"}
+    built = [hook._params(dict(cparams), first, 20) for _ in range(3)]
+    assert built[0] is built[1] is built[2]  # one dict while nothing changes
+    assert built[0] == {
+        "host": "proxy.example",  # the URL's host wins over the secret's
+        "user": "app_a",
+        "password": "pw-1",
+        "dbname": "app",
+        "connect_timeout": 20,
+    }
+    second = Credentials("app_b", "pw-2", host="db.example", dbname="app", version_id="v2")
+    assert hook._params(dict(cparams), second, 20)["user"] == "app_b"  # rebuilt on change
+    hook(dialect, Entry(), [], dict(cparams))
+    hook(dialect, Entry(), [], dict(cparams))
+    assert [p["user"] for p in dialect.given] == ["app_a", "app_a"]
+    assert dialect.given[0] is not dialect.given[1]  # the driver gets its own copy

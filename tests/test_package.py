@@ -38,3 +38,20 @@ def test_the_rotation_side_does_not_load_sqlalchemy():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_the_core_loads_no_io_threads_boto3_or_sqlalchemy():
+    # rotating_pool.core decides; the shells do the I/O and the waiting.
+    modules = ("classify", "ledger", "plan", "reads", "retirement")
+    forbidden = ("asyncio", "boto3", "botocore", "psycopg", "socket", "sqlalchemy", "threading")
+    code = (
+        "import sys; "
+        + "; ".join(f"import rotating_pool.core.{name}" for name in modules)
+        + f"; print(sorted(m for m in {forbidden!r} if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+    core = importlib.resources.files("rotating_pool") / "core"
+    assert sorted(p.name for p in core.iterdir() if p.name.endswith(".py")) == sorted(
+        [*(f"{name}.py" for name in modules), "__init__.py"]
+    )

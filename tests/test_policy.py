@@ -10,26 +10,34 @@ from pathlib import Path
 import pytest
 
 from rotating_pool import LoginRejectedError, RetryBudget, is_login_rejection
-from rotating_pool.errors import (
-    ConfigurationError,
-    SecretNotFoundError,
-    SecretsManagerUnavailableError,
-)
-from rotating_pool.policy import (
+from rotating_pool.core.classify import Failure, classify_login_error, judge_login_error
+from rotating_pool.core.plan import (
     REFUSED_REUSE_SECONDS,
     UNRECOGNISED_REUSE_SECONDS,
     Connect,
-    Failure,
     Load,
     Recheck,
     Refetch,
     Success,
     Wait,
-    classify_login_error,
-    judge_login_error,
+    first_login,
     login_plan,
 )
-from rotating_pool.secret import Credentials
+from rotating_pool.core.reads import (
+    Labels,
+    Read,
+    Route,
+    next_stage,
+    recovery_reads,
+    recovery_route,
+    steady_read,
+)
+from rotating_pool.errors import (
+    ConfigurationError,
+    SecretNotFoundError,
+    SecretsManagerUnavailableError,
+)
+from rotating_pool.secret import AWSCURRENT, AWSPENDING, Credentials
 
 OLD = Credentials("app_a", "old-pw", version_id="v1")
 NEW = Credentials("app_b", "new-pw", version_id="v2")
@@ -449,3 +457,49 @@ def test_a_verdict_never_shows_the_error_or_the_password():
     assert verdict.refused and verdict.refusals == 1
     assert "s3cr3t-pw" not in repr(verdict)
     assert "authentication failed" not in repr(verdict)
+
+
+def test_a_plan_started_after_the_shell_took_its_first_login_goes_on_from_there():
+    clock = FakeClock()
+    assert first_login(OLD, RetryBudget(deadline=20.0)) == Connect(OLD, 20)
+    clock.now = 5.0  # the first login took 5 s and was refused
+    steps = plan(clock=clock, first_failed=REFUSED, started=0.0)
+    # No second first login: the refusal is judged, and the deadline counts from 0.
+    assert next(steps) == Refetch(OLD, 13.0, REFUSED_REUSE_SECONDS)
+    assert steps.send(NEW) == Connect(NEW, 15)
+    with pytest.raises(StopIteration) as ended:
+        steps.send(None)
+    assert ended.value.value == Success(NEW, confirm=True, refusals=1)
+
+
+# -- the read order (rotating_pool.core.reads) ---------------------------------------------
+
+
+def test_the_recovery_route_reads_the_label_that_holds_the_answer_else_the_labels():
+    # Refused credentials read as AWSPENDING: a newer rotation's AWSPENDING.
+    assert recovery_route(AWSPENDING, None, use_pending=True) is Route.PENDING
+    assert recovery_route(AWSPENDING, AWSPENDING, use_pending=True) is Route.PENDING
+    assert recovery_route(AWSPENDING, None, use_pending=False) is Route.LABELS
+    # AWSCURRENT moved at the last recovery (alternating users): read it.
+    assert recovery_route(AWSCURRENT, AWSCURRENT, use_pending=True) is Route.CURRENT
+    # Nothing known: DescribeSecret first saves a value read if nothing moved.
+    assert recovery_route(AWSCURRENT, None, use_pending=True) is Route.LABELS
+    assert recovery_route(AWSCURRENT, AWSPENDING, use_pending=True) is Route.LABELS
+
+
+def test_after_a_stage_read_found_nothing_new_the_other_label_is_read_only_if_elsewhere():
+    assert next_stage(AWSCURRENT, [AWSCURRENT], use_pending=True) == AWSPENDING
+    assert next_stage(AWSCURRENT, [AWSCURRENT, AWSPENDING], use_pending=True) is None
+    assert next_stage(AWSCURRENT, [AWSCURRENT], use_pending=False) is None
+    assert next_stage(AWSPENDING, [AWSPENDING], use_pending=True) == AWSCURRENT
+    assert next_stage(AWSPENDING, [], use_pending=True) == AWSCURRENT  # no AWSPENDING at all
+    assert next_stage(AWSPENDING, [AWSPENDING, AWSCURRENT], use_pending=True) is None
+
+
+def test_a_refused_login_never_reads_a_refused_version_again():
+    labels = Labels("v2", pending="v3")
+    assert recovery_reads(labels, {"v1"}) == [Read("v2", AWSCURRENT), Read("v3", AWSPENDING)]
+    assert recovery_reads(labels, {"v2"}) == [Read("v3", AWSPENDING)]
+    assert recovery_reads(labels, {"v2"}, use_pending=False) == []
+    assert steady_read(labels, held="v2") is None
+    assert steady_read(labels, held="v1") == Read("v2", AWSCURRENT)

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
+import time
 from collections.abc import Sequence
 
 import pytest
 
 import rotating_pool.core.classify as classify
 from rotating_pool import CredentialStore, RetryBudget, SecretsManagerUnavailableError
-from rotating_pool.connect import login
+from rotating_pool.connect import login, login_async
 from rotating_pool.core.ledger import REFUSED_VERSIONS_KEPT, Ledger
 from rotating_pool.errors import RotatingPoolError
 from rotating_pool.secret import AWSPENDING, Credentials
@@ -410,3 +412,37 @@ def test_a_refused_login_is_classified_once_whoever_counts_it(monkeypatch):
     stats = store.stats()
     assert (stats.logins, stats.rejected_logins, stats.recovered_logins) == (2, 1, 1)
     assert store.held() == B2
+
+
+def test_login_async_recovers_from_a_refusal_awaiting_the_shared_read():
+    source = FakeSource()
+    store = loaded_store(source)
+    source.current = B2
+    source.gate = threading.Event()  # the refetch waits until the test opens it
+    source.entered.clear()
+    refusal = OSError('FATAL:  password authentication failed for user "app_a"')
+    tried = []
+
+    async def connect(credentials, timeout):
+        tried.append((credentials, timeout))
+        if credentials == A1:
+            raise refusal
+        return "connection"
+
+    async def scenario():
+        task = asyncio.create_task(login_async(store, RetryBudget(), connect))
+        def read_started() -> float:
+            assert source.entered.wait(WAIT)
+            return time.monotonic()
+
+        started = await asyncio.to_thread(read_started)
+        # Back on the loop at once: the task awaits the read without blocking it.
+        assert time.monotonic() - started < 1.0 and not task.done()
+        source.gate.set()
+        return await asyncio.wait_for(task, WAIT)
+
+    assert asyncio.run(scenario()) == "connection"
+    assert [credentials for credentials, _ in tried] == [A1, B2]
+    assert tried[0][1] == 20  # the first login gets the whole deadline
+    stats = store.stats()
+    assert (stats.logins, stats.rejected_logins, stats.recovered_logins) == (2, 1, 1)

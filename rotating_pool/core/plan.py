@@ -37,6 +37,7 @@ __all__ = [
     "RetryBudget",
     "Success",
     "Wait",
+    "first_login",
     "login_plan",
 ]
 
@@ -199,13 +200,14 @@ class _Clock:
 
     now: Callable[[], float]
     budget: float
-    start: float = 0.0
+    start: float = math.nan
     logins: int = 0
     refusals: int = 0
     last_fetch_error: BaseException | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        self.start = self.now()
+        if math.isnan(self.start):  # not given: the plan starts now
+            self.start = self.now()
 
     def left(self) -> float:
         return self.budget - (self.now() - self.start)
@@ -235,6 +237,8 @@ def login_plan(
     rng: random.Random | None = None,
     clock: Callable[[], float] = time.monotonic,
     on_verdict: Callable[[Verdict], None] | None = None,
+    first_failed: BaseException | None = None,
+    started: float | None = None,
 ) -> Generator[Action, Answer, Success]:
     """The login policy; see the module docstring for how it is driven.
 
@@ -255,12 +259,17 @@ def login_plan(
     4. When the rounds or the deadline are spent, raise `LoginRejectedError`
        chained to the driver's last error, saying how long it took.
 
+    A shell that holds credentials may take step 1 itself (`first_login`)
+    and start the plan only when that login fails: `first_failed` is its
+    error and `started` when it began (`clock`'s time), so the deadline still
+    counts from the first login.
+
     A login that succeeds ends the plan with a `Success` (the generator's
     return value): it says whether the store should `confirm` the
     credentials (after a recognised refusal) so that every new connection
     uses them.
     """
-    timer = _Clock(clock, budget.deadline)
+    timer = _Clock(clock, budget.deadline, start=math.nan if started is None else started)
     delays = budget.delays(rng)
 
     def judge(error: Answer, tried: Credentials) -> Verdict:
@@ -277,11 +286,13 @@ def login_plan(
 
     if credentials is None:
         credentials = yield from _first_load(secret_id, budget, timer, delays)
-    login_timeout = timer.login_timeout() or MIN_LOGIN_SECONDS
     timer.logins += 1
-    error = yield Connect(credentials, login_timeout)
-    if error is None:
-        return success(credentials)
+    if first_failed is not None:
+        error: Answer = first_failed  # the shell took the first step (`first_login`)
+    else:
+        error = yield Connect(credentials, timer.login_timeout() or MIN_LOGIN_SECONDS)
+        if error is None:
+            return success(credentials)
     verdict = judge(error, credentials)
     if verdict.failure is Failure.TRANSIENT:
         raise verdict.error
@@ -329,6 +340,17 @@ def login_plan(
         if not verdict.refused:
             raise verdict.error
     raise _gave_up(credentials, secret_id, budget, timer) from verdict.error
+
+
+def first_login(credentials: Credentials, budget: RetryBudget) -> Connect:
+    """The plan's first step with credentials in hand: log in with the whole
+    deadline. Taking it without the plan spares a successful login (nearly
+    every new connection) the plan's set-up; see `login_plan`'s `first_failed`.
+
+    >>> first_login(Credentials("app", "pw"), RetryBudget(deadline=20.0)).timeout
+    20
+    """
+    return Connect(credentials, max(math.floor(budget.deadline), MIN_LOGIN_SECONDS))
 
 
 def _first_load(

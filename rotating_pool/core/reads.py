@@ -10,21 +10,34 @@ can tell from the labels alone whether a read would teach it anything:
   has not read yet;
 - a refused login reads AWSCURRENT if it moved, else AWSPENDING (the password a
   single-user rotation has set between setSecret and finishSecret), skipping
-  versions already refused.
+  versions already refused. Where what the process has seen tells which label
+  holds the answer (`recovery_route`), one GetSecretValue by stage is the
+  whole answer in one round trip (its response carries VersionId and
+  VersionStages); otherwise DescribeSecret comes first.
 
-Either way a rotation costs a process at most one GetSecretValue. The
+Either way a rotation costs a process at most one GetSecretValue where the
+route was chosen right, and one more where it was not. The
 `CredentialStore` and the fleet simulator in ``benchmarks/`` both run these
 functions, so what is measured is what ships.
 """
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from rotating_pool.secret import AWSCURRENT, AWSPENDING
 
-__all__ = ["Labels", "Read", "recovery_reads", "steady_read"]
+__all__ = [
+    "Labels",
+    "Read",
+    "Route",
+    "next_stage",
+    "recovery_reads",
+    "recovery_route",
+    "steady_read",
+]
 
 
 @dataclass(frozen=True)
@@ -95,3 +108,68 @@ def recovery_reads(
     if use_pending and labels.pending is not None and labels.pending not in refused:
         reads.append(Read(labels.pending, AWSPENDING))
     return reads
+
+
+class Route(enum.Enum):
+    """How a recovery starts reading (`recovery_route`)."""
+
+    LABELS = "labels"
+    """DescribeSecret, then GetSecretValue by VersionId: exactly one value read
+    whichever label moved, and none when nothing did."""
+    CURRENT = "current"
+    """GetSecretValue(VersionStage=AWSCURRENT): its answer carries VersionId
+    and VersionStages, so it is the whole answer when AWSCURRENT moved."""
+    PENDING = "pending"
+    """GetSecretValue(VersionStage=AWSPENDING): the whole answer while a
+    single-user rotation is between setSecret and finishSecret."""
+
+
+def recovery_route(rejected_stage: str, last_found: str | None, *, use_pending: bool) -> Route:
+    """After a refused login: the first read, chosen to be the whole answer.
+
+    - Credentials read as AWSPENDING were refused: their single-user rotation
+      is over and a newer one has changed the password, so its AWSPENDING is
+      the answer (processes that keep connecting are refused between its
+      setSecret and finishSecret).
+    - The last recovery of this process found AWSCURRENT moved (alternating
+      users: AWSCURRENT moves before the password it replaces changes): read
+      AWSCURRENT.
+    - Otherwise nothing is known: DescribeSecret first, which saves a value
+      read when AWSCURRENT has not moved (a single-user rotation half way, or
+      a password changed outside rotation).
+
+    Each route reads at most one value per rotation in the case it is chosen
+    for; a wrong guess costs one more read, never a wrong login.
+
+    >>> recovery_route("AWSPENDING", None, use_pending=True)
+    <Route.PENDING: 'pending'>
+    >>> recovery_route("AWSCURRENT", "AWSCURRENT", use_pending=True)
+    <Route.CURRENT: 'current'>
+    >>> recovery_route("AWSCURRENT", None, use_pending=True)
+    <Route.LABELS: 'labels'>
+    """
+    if use_pending and rejected_stage == AWSPENDING:
+        return Route.PENDING
+    if last_found == AWSCURRENT:
+        return Route.CURRENT
+    return Route.LABELS
+
+
+def next_stage(read_stage: str, stages: Collection[str], *, use_pending: bool) -> str | None:
+    """After a read by stage found nothing new: the other stage to read, or None.
+
+    `stages` are the VersionStages of the version the read returned (empty
+    when no version had the stage). The other label is worth a read only when
+    it is on another version.
+
+    >>> next_stage("AWSCURRENT", ["AWSCURRENT"], use_pending=True)
+    'AWSPENDING'
+    >>> next_stage("AWSPENDING", ["AWSPENDING", "AWSCURRENT"], use_pending=True) is None
+    True
+    >>> next_stage("AWSCURRENT", ["AWSCURRENT"], use_pending=False) is None
+    True
+    """
+    other = AWSPENDING if read_stage == AWSCURRENT else AWSCURRENT
+    if other == AWSPENDING and not use_pending:
+        return None
+    return None if other in stages else other
