@@ -31,9 +31,10 @@ login's reads. The first worker's reads fill the agent's cache; the next one
 finds the fresh value there and costs Secrets Manager nothing.
 
 Nothing local is trusted blindly (docs/guides/agent-trust.md): each call ends
-within `timeout` in all, turn and reads together; the endpoint is loopback
-unless the application opts in; an answer must be GetSecretValue's JSON for
-the secret asked for; the token is checked (`rotating_pool.agent_token`).
+within `timeout` in all, turn and reads together, and the endpoint is loopback
+unless the application opts in (`rotating_pool.agent_http`); an answer must be
+GetSecretValue's JSON for the secret asked for (`rotating_pool.agent_answers`);
+the token is checked (`rotating_pool.agent_token`).
 
 >>> source = AgentSource("prod/app/db")  # nothing is read, not even the token
 >>> engine = rotating_pool.create_engine(  # doctest: +SKIP
@@ -43,15 +44,20 @@ the secret asked for; the token is checked (`rotating_pool.agent_token`).
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, TypeVar
+from typing import TypeVar
 
+from rotating_pool.agent_answers import (
+    credentials_from,
+    error_for,
+    not_the_agent,
+    says_not_found,
+)
 from rotating_pool.agent_http import (
     DEFAULT_ENDPOINT,
     ENDPOINT_ENV,
@@ -66,14 +72,10 @@ from rotating_pool.agent_token import TOKEN_ENV_VARS, AgentToken, check_token, r
 from rotating_pool.errors import (
     AgentAnswerError,
     ConfigurationError,
-    SecretAccessDeniedError,
-    SecretNotFoundError,
     SecretsManagerUnavailableError,
 )
 from rotating_pool.reads import AGENT_LOAD, AgentAsk, next_agent_ask
-from rotating_pool.redact import redact
-from rotating_pool.secret import AWSCURRENT, Credentials, parse_credentials
-from rotating_pool.sources import ACCESS_DENIED_CODES
+from rotating_pool.secret import AWSCURRENT, Credentials
 from rotating_pool.turns import TurnFile
 
 __all__ = [
@@ -82,7 +84,6 @@ __all__ = [
     "TOKEN_ENV_VARS",
     "TOKEN_HEADER",
     "AgentSource",
-    "answer_is_for",
 ]
 
 logger = logging.getLogger("rotating_pool")
@@ -90,10 +91,6 @@ logger = logging.getLogger("rotating_pool")
 TOKEN_HEADER = "X-Aws-Parameters-Secrets-Token"  # noqa: S105  (a header name)
 """The request header that carries the token (the agent's SSRF protection)."""
 
-# Enough of an error answer to say what it was; AWS's messages name the secret,
-# never its value, and the agent's own are short fixed texts.
-_MAX_DETAIL_CHARS = 200
-_NOT_FOUND = "ResourceNotFoundException"
 # The share of a call's time a process waits for another's turn; the rest is
 # for its own reads should it give up waiting.
 _TURN_SHARE = 0.5
@@ -282,7 +279,13 @@ class AgentSource:
             # Outside the except clause: the error raised has no context to quote.
             newer = None if reread else self._reread_token(token)
             if newer is None:
-                raise self._translate(refusal.reply, token, refusal.what)
+                raise error_for(
+                    refusal.reply,
+                    secret_id=self._secret_id,
+                    url=self._endpoint.url,
+                    token=token,
+                    what=refusal.what,
+                )
             token, reread = newer, True
 
     @contextlib.contextmanager
@@ -314,10 +317,18 @@ class AgentSource:
         if reply.status in (401, 403):
             raise _TokenRefused(reply, what)
         if reply.status == 200:
-            return self._credentials(reply.body, ask.stage, what)
-        if ask.stage != AWSCURRENT and _error_type(reply.body) == _NOT_FOUND:
+            return credentials_from(
+                reply.body,
+                secret_id=self._secret_id,
+                url=self._endpoint.url,
+                stage=ask.stage,
+                what=what,
+            )
+        if ask.stage != AWSCURRENT and says_not_found(reply.body):
             return None  # no version has that label (no rotation in progress)
-        raise self._translate(reply, token, what)
+        raise error_for(
+            reply, secret_id=self._secret_id, url=self._endpoint.url, token=token, what=what
+        )
 
     def _get(self, path: str, token: AgentToken, deadline: float, what: str) -> Reply:
         try:
@@ -360,24 +371,6 @@ class AgentSource:
             f"the Secrets Manager Agent at {url} could not be read ({what}): {failure.detail}"
         )
 
-    def _credentials(self, body: bytes, stage: str, what: str) -> Credentials:
-        document = _json_object(body)  # the body may hold the secret: never quoted
-        if document is None:
-            raise self._not_the_agent(
-                f"answered HTTP 200 ({what}) with something that is not GetSecretValue's JSON"
-            )
-        if not answer_is_for(self._secret_id, document.get("ARN"), document.get("Name")):
-            raise self._not_the_agent(
-                f"answered HTTP 200 ({what}) for another secret: neither its ARN nor its Name "
-                f"is {self._secret_id!r}"
-            )
-        version_id = document.get("VersionId")
-        if version_id is not None and not (isinstance(version_id, str) and version_id):
-            raise self._not_the_agent(f"answered HTTP 200 ({what}) with a VersionId not a string")
-        return parse_credentials(
-            self._secret_id, document.get("SecretString"), version_id=version_id, stage=stage
-        )
-
     # -- the token -----------------------------------------------------------
 
     def _current_token(self) -> AgentToken:
@@ -416,108 +409,8 @@ class AgentSource:
 
     # -- errors --------------------------------------------------------------
 
-    def _translate(self, reply: Reply, token: AgentToken, what: str) -> Exception:
-        secret_id = self._secret_id
-        status = reply.status
-        error_type = _error_type(reply.body)
-        detail = _error_detail(reply.body, token.value)
-        said = f"HTTP {status}" + (f" {detail}" if detail else "")
-        where = f"the Secrets Manager Agent at {self._endpoint.url}"
-        if error_type == _NOT_FOUND or (status == 404 and error_type is None):
-            return SecretNotFoundError(
-                f"{where} found no secret {secret_id!r} ({what}: {said}): check the id or ARN "
-                "and the agent's region" + ("" if error_type else f", and that {where} is one"),
-                secret_id=secret_id,
-            )
-        if error_type == "InvalidRequestException":
-            return SecretNotFoundError(
-                f"secret {secret_id!r} cannot be read ({what}: {said})", secret_id=secret_id
-            )
-        if error_type in ACCESS_DENIED_CODES:
-            return SecretAccessDeniedError(
-                f"{where} may not read secret {secret_id!r} ({what}: {said}): grant "
-                "secretsmanager:GetSecretValue and secretsmanager:DescribeSecret on it (and "
-                "kms:Decrypt on its key) to the agent's AWS identity (the task role)",
-                secret_id=secret_id,
-            )
-        if status in (401, 403):
-            return SecretAccessDeniedError(
-                f"{where} refused the token from {token.origin} ({what}: {said}): the "
-                "application and the agent must share one token (AWS_TOKEN, often "
-                "file:///var/run/awssmatoken on a volume both mount)",
-                secret_id=secret_id,
-            )
-        return self._unavailable(f"{where} could not read secret {secret_id!r} ({what}: {said})")
-
     def _unavailable(self, message: str) -> SecretsManagerUnavailableError:
         return SecretsManagerUnavailableError(message, secret_id=self._secret_id)
 
     def _not_the_agent(self, problem: str) -> AgentAnswerError:
-        return AgentAnswerError(
-            f"what listens on {self._endpoint.url} {problem}: is it the Secrets Manager Agent?",
-            secret_id=self._secret_id,
-        )
-
-
-def answer_is_for(secret_id: str, arn: object, name: object) -> bool:
-    """Whether an answer with this ``ARN`` and ``Name`` is for `secret_id`.
-
-    An ARN asked for must be the answer's ARN, or that ARN without the six
-    random characters Secrets Manager appends (a partial ARN); a name must be
-    the answer's Name.
-
-    >>> arn = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:prod/db-AbCdEf"
-    >>> answer_is_for(arn, arn, "prod/db"), answer_is_for(arn[:-7], arn, "prod/db")
-    (True, True)
-    >>> answer_is_for("prod/db", arn, "prod/db"), answer_is_for("prod/other", arn, "prod/db")
-    (True, False)
-    """
-    if secret_id.startswith("arn:"):
-        if not isinstance(arn, str):
-            return False
-        return arn == secret_id or (
-            len(arn) == len(secret_id) + 7 and arn.startswith(secret_id + "-")
-        )
-    return isinstance(name, str) and name == secret_id
-
-
-def _json_object(body: bytes) -> dict[str, Any] | None:
-    """`body` as a JSON object; None if it is not one (nesting deep enough to
-    exhaust the parser's recursion is not one either)."""
-    try:
-        document = json.loads(body)
-    except (ValueError, RecursionError):
-        return None
-    return document if isinstance(document, dict) else None
-
-
-def _error_type(body: bytes) -> str | None:
-    """The AWS error code of an error answer (``__type``), without its namespace."""
-    document = _json_object(body)
-    error_type = document.get("__type") if document else None
-    if not isinstance(error_type, str) or not error_type:
-        return None
-    return error_type.rpartition("#")[2]
-
-
-def _error_detail(body: bytes, token: str) -> str:
-    """A short, printable account of an error answer: redacted first (the
-    token, and anything after a secret-bearing key), then cut."""
-    document = _json_object(body)
-    if document is not None:
-        parts = [
-            str(document[key])
-            for key in ("__type", "message", "Message")
-            if isinstance(document.get(key), str) and document[key]
-        ]
-        text = ": ".join(parts)
-    else:
-        text = body.decode("utf-8", errors="replace")
-    if token:
-        text = text.replace(token, "***")
-    text = redact(text)
-    # One line of printable text: a server's words must not forge log lines.
-    text = " ".join("".join(c if c.isprintable() else " " for c in text).split())
-    if len(text) > _MAX_DETAIL_CHARS:
-        text = text[: _MAX_DETAIL_CHARS - 3] + "..."
-    return f"({text})" if text else ""
+        return not_the_agent(self._secret_id, self._endpoint.url, problem)

@@ -87,8 +87,14 @@ def _check(path: str, info: os.stat_result, *, kind: str, private: bool) -> None
 
 def _own_directory(path: str, *, private: bool, create: bool) -> str:
     if create:
-        with contextlib.suppress(FileExistsError):
+        try:
             os.mkdir(path, 0o700)
+        except FileExistsError:
+            pass  # checked below, whoever made it
+        except OSError as error:
+            raise UnsafeLockPlace(
+                f"cannot create {path}: {error.strerror or type(error).__name__}"
+            ) from None
     try:
         info = os.lstat(path)
     except OSError as error:
@@ -169,7 +175,17 @@ class TurnFile:
             yield None
             return
         try:
-            yield _lock(fd, patience)
+            try:
+                held: bool | None = _lock(fd, patience)
+            except OSError as error:  # ENOLCK on some network file systems
+                _warn_once(
+                    f"flock:{path}",
+                    "reading the Secrets Manager Agent without taking turns: cannot lock %s (%s)",
+                    path,
+                    error.strerror or type(error).__name__,
+                )
+                held = None
+            yield held
         finally:
             _close_turn(fd)
 

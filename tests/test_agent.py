@@ -10,6 +10,7 @@ import logging
 import os
 import threading
 import time
+import traceback
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -20,14 +21,17 @@ from sqlalchemy import text
 
 import rotating_pool
 from rotating_pool import (
+    AgentAnswerError,
     AgentSource,
     ConfigurationError,
     SecretAccessDeniedError,
+    SecretFormatError,
     SecretNotFoundError,
     SecretsManagerSource,
     SecretsManagerUnavailableError,
 )
 from rotating_pool.agent import ENDPOINT_ENV, TOKEN_HEADER
+from rotating_pool.agent_token import MAX_TOKEN_BYTES
 from rotating_pool.engine import credential_store
 from rotating_pool.local import LocalAgent
 from rotating_pool.local._process import free_port
@@ -147,6 +151,52 @@ def test_a_malformed_endpoint_is_a_configuration_error_at_construction(endpoint,
         rotating_pool.create_engine(URL, secret_id="db", source="agent")
 
 
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        "http://db-agent:2773",  # a mistyped host: the token and the secret over the network
+        "http://10.0.0.5:2773",
+        "http://[fe80::1]:2773",
+        "http://localhost.attacker.example:2773",
+        "http://127.0.0.1.nip.io:2773",
+        "http://0.0.0.0:2773",
+    ],
+)
+def test_an_endpoint_off_this_host_is_refused_unless_opted_in(endpoint, monkeypatch, caplog):
+    with pytest.raises(ConfigurationError, match="allow_remote_endpoint=True"):
+        AgentSource("db", endpoint=endpoint)
+    monkeypatch.setenv(ENDPOINT_ENV, endpoint)
+    with pytest.raises(ConfigurationError, match=ENDPOINT_ENV):
+        rotating_pool.create_engine(URL, secret_id="db", source="agent")
+    assert not caplog.records
+    AgentSource("db", allow_remote_endpoint=True)
+    (warning,) = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert "not on this host" in warning.getMessage()
+    assert "in clear" in warning.getMessage()
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        "http://localhost:2773",
+        "http://LOCALHOST:2773",
+        "http://127.0.0.1:2773",
+        "http://127.0.0.53:2773",
+        "http://[::1]:2773",
+    ],
+)
+def test_loopback_endpoints_are_accepted_without_a_warning(endpoint, caplog):
+    assert AgentSource("db", endpoint=endpoint).endpoint == endpoint
+    assert not caplog.records
+
+
+def test_a_secret_named_by_its_name_is_read_and_its_answer_checked_by_name(
+    make_secret, sm_client, agent
+):
+    name = sm_client.describe_secret(SecretId=make_secret())["Name"]
+    assert AgentSource(name).load().username
+
+
 def test_an_async_engine_reads_through_the_agent(make_secret, app_schema, agent):
     arn = make_secret()
 
@@ -240,6 +290,105 @@ def test_an_unreadable_token_file_is_a_configuration_error_naming_it(
     monkeypatch.setenv("AWS_TOKEN", "file:///run/no-such-dir/awssmatoken")
     with pytest.raises(ConfigurationError, match="/run/no-such-dir/awssmatoken"):
         AgentSource(make_secret()).load()
+
+
+@pytest.mark.parametrize("how", ["variable", "argument", "file"])
+def test_a_token_with_surrounding_whitespace_works(make_secret, agent, tmp_path, monkeypatch, how):
+    padded = f"  {agent.token}\r\n"  # as echo, or a Kubernetes/ECS secret file, leaves it
+    token = None
+    if how == "variable":
+        monkeypatch.setenv("AWS_TOKEN", padded)
+    elif how == "file":
+        token_file = tmp_path / "awssmatoken"
+        token_file.write_text(padded)
+        monkeypatch.setenv("AWS_TOKEN", f"file://{token_file}")
+    else:
+        token = padded
+    assert AgentSource(make_secret(), token=token).load().username
+    assert agent.rejected == 0
+
+
+@pytest.mark.parametrize("bad", ["\n", "\x07", "\x1b", "\x7f", "\u2028", "\xe9"])
+def test_a_token_with_a_control_character_is_a_configuration_error_that_never_holds_it(
+    make_secret, agent, monkeypatch, caplog, bad
+):
+    caplog.set_level(logging.DEBUG)
+    token = agent.token[:10] + bad + agent.token[10:]
+    monkeypatch.setenv("AWS_TOKEN", token)
+    engine = rotating_pool.create_engine(URL, secret_id=make_secret(), source="agent")
+    errors = []
+    for attempt in (AgentSource("db").load, engine.connect):
+        with pytest.raises(ConfigurationError, match=r"from \$AWS_TOKEN holds a") as raised:
+            attempt()
+        errors.append(raised.value)
+    with pytest.raises(ConfigurationError, match="the token argument holds a") as raised:
+        AgentSource("db", token=token)
+    errors.append(raised.value)
+    texts = [r.getMessage() + (r.exc_text or "") for r in caplog.records]
+    for error in errors:
+        texts += [str(error), repr(error), "".join(traceback.format_exception(error))]
+    for text_ in texts:
+        for piece in (agent.token[:10], agent.token[10:], token):
+            assert piece not in text_
+    assert agent.requests == 0  # nothing was sent
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory", "device", "too large", "not ascii"])
+def test_a_token_path_that_is_not_a_small_regular_file_is_refused_without_blocking(
+    agent, tmp_path, monkeypatch, kind
+):
+    path = tmp_path / "awssmatoken"
+    says = {
+        "fifo": "a FIFO",
+        "directory": "a directory",
+        "device": "a device",
+        "too large": f"larger than {MAX_TOKEN_BYTES} bytes",
+        "not ascii": "non-ASCII",
+    }[kind]
+    if kind == "fifo":
+        os.mkfifo(path)  # opened for reading, it would block until a writer comes
+    elif kind == "directory":
+        path.mkdir()
+    elif kind == "device":
+        path = "/dev/zero"  # endless: read whole, it would never end
+    elif kind == "too large":
+        path.write_text("t" * (MAX_TOKEN_BYTES + 1))
+    else:
+        path.write_bytes(b"token-\xff")
+    monkeypatch.setenv("AWS_TOKEN", f"file://{path}")
+    outcome: list[BaseException] = []
+
+    def load() -> None:
+        try:
+            AgentSource("db").load()
+        except BaseException as error:
+            outcome.append(error)
+
+    reader = threading.Thread(target=load, daemon=True)
+    reader.start()
+    reader.join(timeout=5)
+    assert not reader.is_alive(), "the token read blocked"
+    (error,) = outcome
+    assert isinstance(error, ConfigurationError)
+    assert says in str(error) and str(path) in str(error)
+    assert agent.requests == 0
+
+
+def test_an_error_body_is_redacted_before_it_is_cut(monkeypatch):
+    token = "tok-" + "0123456789abcdef" * 3
+    # "InternalServiceError: " + 150 + " the token was ": the token runs from 187 to 239
+    message = "x" * 150 + f" the token was {token}, and " + "y" * 100
+    body = json.dumps({"__type": "InternalServiceError", "message": message}).encode()
+    server = OddServer(500, body)
+    try:
+        with pytest.raises(SecretsManagerUnavailableError, match="HTTP 500") as raised:
+            AgentSource("db", endpoint=server.endpoint_url, token=token).fetch("AWSCURRENT")
+    finally:
+        server.close()
+    text_ = str(raised.value)
+    assert "***" in text_
+    for start in range(len(token) - 5):
+        assert token[start : start + 6] not in text_  # not even a piece of it
 
 
 # -- rotation -----------------------------------------------------------------
@@ -458,6 +607,84 @@ def test_odd_answers_are_typed_errors_that_never_quote_a_successful_body(status,
     assert PASSWORD_IN_A_BAD_ANSWER not in message
     assert "token-value" not in message
     assert raised.value.__context__ is None  # nothing chained that could quote the body
+
+
+def answer(secret_string: object = None, **fields: object) -> bytes:
+    """GetSecretValue's JSON for the secret "db", with `fields` changed."""
+    document = {"username": "u", "password": PASSWORD_IN_A_BAD_ANSWER}
+    return json.dumps(
+        {
+            "ARN": "arn:aws:secretsmanager:us-east-1:123456789012:secret:db-AbCdEf",
+            "Name": "db",
+            "VersionId": "v1",
+            "SecretString": json.dumps(document) if secret_string is None else secret_string,
+            **fields,
+        }
+    ).encode()
+
+
+def nested(depth: int) -> str:
+    return '{"a":' * depth + "1" + "}" * depth
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "error", "says"),
+    [
+        (200, answer(), None, ""),  # the well-formed answer, for contrast
+        (200, answer({"username": "u"}), SecretFormatError, "not a string"),
+        (200, answer(nested(100_000)), SecretFormatError, "not valid JSON"),
+        (200, nested(100_000).encode(), AgentAnswerError, "not GetSecretValue's JSON"),
+        (
+            200,
+            answer(Name="other", ARN="arn:aws:secretsmanager:r:1:secret:other-AbCdEf"),
+            AgentAnswerError,
+            "for another secret",
+        ),
+        (200, answer(Name=None, ARN=None), AgentAnswerError, "for another secret"),
+        (200, answer(Name=["db"]), AgentAnswerError, "for another secret"),
+        (200, answer(VersionId={"v": 1}), AgentAnswerError, "VersionId"),
+        (
+            200,
+            answer(json.dumps({"username": "u\0x", "password": "p"})),
+            SecretFormatError,
+            "'username' holds a control character",
+        ),
+        (
+            200,
+            answer(json.dumps({"engine": "mysql", "username": "u", "password": "p"})),
+            SecretFormatError,
+            "'engine' is not PostgreSQL's",
+        ),
+        (500, nested(100_000).encode(), SecretsManagerUnavailableError, "HTTP 500"),
+    ],
+    ids=[
+        "good",
+        "object",
+        "deep secret",
+        "deep answer",
+        "other secret",
+        "no name",
+        "name not a string",
+        "version id",
+        "nul user",
+        "mysql",
+        "deep error",
+    ],
+)
+def test_malformed_answers_are_typed_errors_never_type_or_recursion_errors(
+    status, body, error, says
+):
+    server = OddServer(status, body)
+    try:
+        source = AgentSource("db", endpoint=server.endpoint_url, token="token-value")
+        if error is None:
+            assert source.fetch("AWSCURRENT").username == "u"
+            return
+        with pytest.raises(error, match=says) as raised:
+            source.fetch("AWSCURRENT")
+    finally:
+        server.close()
+    assert PASSWORD_IN_A_BAD_ANSWER not in str(raised.value)
 
 
 def test_an_agent_that_hangs_is_unavailable_after_the_timeout(make_secret, agent_via_proxy, proxy):

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 
 import pytest
+from sqlalchemy import Engine
 
 import rotating_pool
 from rotating_pool import (
@@ -44,6 +45,16 @@ BEHAVIOURS = [
 def source_for(hostile: HostileAgent, timeout: float, **kwargs: object) -> AgentSource:
     return AgentSource(
         SECRET, endpoint=hostile.endpoint_url, token=TOKEN, timeout=timeout, **kwargs
+    )
+
+
+def engine_for(hostile: HostileAgent, timeout: float, deadline: float) -> Engine:
+    """An engine reading through `hostile`, with `deadline` for each connect."""
+    return rotating_pool.create_engine(
+        URL,
+        secret_id=SECRET,
+        source=source_for(hostile, timeout, lock_dir=False),
+        retry=RetryBudget(deadline=deadline),
     )
 
 
@@ -80,12 +91,7 @@ def test_every_agent_call_ends_within_its_timeout_with_a_typed_error(behaviour, 
 @pytest.mark.parametrize(("behaviour", "error", "says"), BEHAVIOURS)
 def test_a_connect_ends_within_its_deadline_with_a_typed_error(behaviour, error, says):
     with HostileAgent(behaviour) as hostile:
-        engine = rotating_pool.create_engine(
-            URL,
-            secret_id=SECRET,
-            source=source_for(hostile, 1.0, lock_dir=False),
-            retry=RetryBudget(deadline=3.0),
-        )
+        engine = engine_for(hostile, 1.0, deadline=3.0)
         started = time.monotonic()
         with pytest.raises(SecretsManagerUnavailableError) as raised:
             engine.connect()
@@ -93,6 +99,22 @@ def test_a_connect_ends_within_its_deadline_with_a_typed_error(behaviour, error,
         assert isinstance(raised.value.__cause__, error)  # the last read's own error
         assert says in str(raised.value)
         assert_quotes_nothing_secret(raised.value)
+
+
+def test_a_read_its_connect_gave_up_on_stops_by_its_own_timeout():
+    """The connect waits for the first read only as long as its deadline (3 s)
+    leaves room for a login (2 s of it), 1 s, before the agent call's timeout
+    (2 s): the read it left behind then stops reading by its own timeout,
+    instead of taking the drip's answer to its end (about 90 s)."""
+    with HostileAgent("drip") as hostile:
+        engine = engine_for(hostile, 2.0, deadline=3.0)
+        started = time.monotonic()
+        with pytest.raises(SecretsManagerUnavailableError):
+            engine.connect()
+        gave_up = time.monotonic() - started
+        assert gave_up < 2.0  # the connect left the read behind
+        assert hostile.hung_up.acquire(timeout=2.0 + MARGIN)  # the read hung up
+        assert time.monotonic() - started < 2.0 + MARGIN
 
 
 @pytest.mark.parametrize("behaviour", ["silent", "wrong_arn"])

@@ -51,6 +51,15 @@ def test_the_password_is_not_in_repr_or_str():
         (json.dumps({**GOOD, "port": "²"}), "port", "port number"),  # str.isdigit() says yes
         (json.dumps({**GOOD, "host": ""}), "host", "empty"),  # libpq: the local socket
         (json.dumps({**GOOD, "dbname": " "}), "dbname", "empty"),  # libpq: dbname = user
+        (json.dumps({**GOOD, "username": "u\0s3cr3t-pw"}), "username", "control character"),
+        (json.dumps({**GOOD, "host": "h\nX-Injected: s3cr3t-pw"}), "host", "control character"),
+        (json.dumps({**GOOD, "dbname": "d\x1b[2J"}), "dbname", "control character"),
+        (json.dumps({**GOOD, "password": "s3cr3t-pw\0"}), "password", "NUL"),
+        (json.dumps({**GOOD, "engine": "mysql"}), "engine", "not PostgreSQL's"),
+        (json.dumps({**GOOD, "engine": "s3cr3t-pw"}), "engine", "not PostgreSQL's"),
+        (json.dumps({**GOOD, "engine": {"s3cr3t-pw": 1}}), "engine", "not PostgreSQL's"),
+        ("[" * 100_000 + "s3cr3t-pw", None, "not valid JSON"),  # RecursionError in json
+        ('{"a":' * 100_000 + '"s3cr3t-pw"', None, "not valid JSON"),
     ],
 )
 def test_a_malformed_secret_names_the_key_and_the_secret_never_a_value(secret_string, key, says):
@@ -62,3 +71,21 @@ def test_a_malformed_secret_names_the_key_and_the_secret_never_a_value(secret_st
     assert "prod/db" in str(error)
     assert "s3cr3t-pw" not in str(error)
     assert error.__cause__ is None  # json's own message would quote the document
+
+
+@pytest.mark.parametrize("engine", ["postgres", "postgresql", "aurora-postgresql", None])
+def test_postgresqls_engine_names_as_aws_writes_them_and_no_engine_are_accepted(engine):
+    document = {**GOOD, "engine": engine}
+    assert parse_credentials("db", json.dumps(document)).username == "u"
+
+
+def test_a_password_may_hold_other_control_characters():
+    document = {**GOOD, "password": "tab\there\x1bescape"}
+    assert parse_credentials("db", json.dumps(document)).password == "tab\there\x1bescape"
+
+
+@pytest.mark.parametrize("secret_string", [{"username": "u"}, ["s3cr3t-pw"], 7, b"{}"])
+def test_a_secret_string_that_is_not_a_string_is_a_format_error_not_a_type_error(secret_string):
+    with pytest.raises(SecretFormatError, match="not a string") as raised:
+        parse_credentials("prod/db", secret_string)
+    assert "s3cr3t-pw" not in str(raised.value)

@@ -11,12 +11,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import os
 import signal
 import threading
-from pathlib import Path
 
-from rotating_pool.agent import TOKEN_ENV_VARS
+from rotating_pool.agent_token import resolve_token
+from rotating_pool.errors import ConfigurationError
 from rotating_pool.local.agent import DEFAULT_PORT, DEFAULT_TTL, LocalAgent
 
 
@@ -34,9 +33,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ttl", type=float, default=DEFAULT_TTL, help="cache TTL in seconds")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    token = _token_from_environment()
-    if token is None:
-        parser.error("set AWS_TOKEN (a value or file:///path) or AWS_SESSION_TOKEN")
+    try:
+        # As the client finds it: stripped, checked, a regular file only.
+        token = resolve_token(None, endpoint=f"http://{args.host}:{args.port}").value
+    except ConfigurationError as error:
+        parser.error(str(error))
     stopped = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopped.set())
     with (
@@ -45,16 +46,6 @@ def main(argv: list[str] | None = None) -> int:
     ):
         stopped.wait()
     return 0
-
-
-def _token_from_environment() -> str | None:
-    for name in TOKEN_ENV_VARS:
-        value = os.environ.get(name)
-        if value:
-            if value.startswith("file://"):
-                return Path(value[len("file://") :]).read_text().strip() or None
-            return value
-    return None
 
 
 if __name__ == "__main__":

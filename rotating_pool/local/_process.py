@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+import socketserver
 import subprocess
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -122,6 +124,72 @@ class LocalService(ABC):
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+_TcpService = TypeVar("_TcpService", bound="TcpStandIn")
+
+
+class TcpStandIn(LocalService):
+    """A stand-in that serves raw TCP on 127.0.0.1, a thread per connection.
+
+    Subclasses write `_serve` (one connection) and `_listening` (what the
+    start-up log line says it is); `_stopping` is set by `stop`, so that a
+    connection held open can end.
+    """
+
+    _thread_name = "tcp-stand-in"
+
+    def __init__(self, port: int | None) -> None:
+        self._port = port
+        self._server: socketserver.ThreadingTCPServer | None = None
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self.connections = 0
+
+    @abstractmethod
+    def _serve(self, sock: socket.socket) -> None:
+        """Serve one connection (its count is kept in `connections`)."""
+
+    @abstractmethod
+    def _listening(self) -> str:
+        """The log line that says what listens, and where."""
+
+    def start(self: _TcpService) -> _TcpService:
+        """Listen and serve in a background thread."""
+        if self._server is not None:
+            raise RuntimeError(f"{type(self).__name__} is already started")
+        if self._port is None:
+            self._port = free_port(self.host)
+        owner = self
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                with owner._lock:
+                    owner.connections += 1
+                owner._serve(self.request)
+
+        socketserver.ThreadingTCPServer.allow_reuse_address = True
+        server = socketserver.ThreadingTCPServer((self.host, self._port), Handler)
+        server.daemon_threads = True
+        self._server = server
+        self._thread = threading.Thread(
+            target=server.serve_forever, name=self._thread_name, daemon=True
+        )
+        self._thread.start()
+        logger.info("%s", self._listening())
+        return self
+
+    def stop(self) -> None:
+        """Stop listening and end the connections held open."""
+        self._stopping.set()
+        server, self._server = self._server, None
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
 
 
 class QuietRequestHandler(BaseHTTPRequestHandler):

@@ -22,13 +22,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
-import socketserver
 import struct
-import threading
 from dataclasses import dataclass
 from typing import Literal
 
-from rotating_pool.local._process import LocalService, free_port
+from rotating_pool.local._process import TcpStandIn
 
 __all__ = ["HostileServer", "StartupRecord"]
 
@@ -59,7 +57,7 @@ class StartupRecord:
     after_tls_request: bool
 
 
-class HostileServer(LocalService):
+class HostileServer(TcpStandIn):
     """A listener on 127.0.0.1 that plays a hostile or dead PostgreSQL server.
 
     Args:
@@ -75,18 +73,15 @@ class HostileServer(LocalService):
         received: every other message's raw bytes.
     """
 
+    _thread_name = "hostile-server"
+
     def __init__(
         self, behaviour: Literal["cleartext", "silent"] = "cleartext", *, port: int | None = None
     ) -> None:
         if behaviour not in ("cleartext", "silent"):
             raise ValueError(f"behaviour must be 'cleartext' or 'silent', not {behaviour!r}")
+        super().__init__(port)
         self.behaviour = behaviour
-        self._port = port
-        self._server: socketserver.ThreadingTCPServer | None = None
-        self._thread: threading.Thread | None = None
-        self._stopping = threading.Event()
-        self._lock = threading.Lock()
-        self.connections = 0
         self.startups: list[StartupRecord] = []
         self.passwords: list[bytes] = []
         self.received: list[bytes] = []
@@ -94,47 +89,12 @@ class HostileServer(LocalService):
     def __repr__(self) -> str:
         return f"HostileServer({self.behaviour!r}, port={self._port})"
 
-    def start(self) -> HostileServer:
-        """Listen and serve in a background thread."""
-        if self._server is not None:
-            raise RuntimeError("HostileServer is already started")
-        if self._port is None:
-            self._port = free_port(self.host)
-        owner = self
-
-        class Handler(socketserver.BaseRequestHandler):
-            def handle(self) -> None:
-                owner._serve(self.request)
-
-        socketserver.ThreadingTCPServer.allow_reuse_address = True
-        server = socketserver.ThreadingTCPServer((self.host, self._port), Handler)
-        server.daemon_threads = True
-        self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever, name="hostile-server", daemon=True
-        )
-        self._thread.start()
-        logger.info(
-            "%s (%s) listening on %s:%d", STANDIN_NOTICE, self.behaviour, self.host, self.port
-        )
-        return self
-
-    def stop(self) -> None:
-        """Stop listening and end the connections held open."""
-        self._stopping.set()
-        server, self._server = self._server, None
-        if server is not None:
-            server.shutdown()
-            server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-            self._thread = None
+    def _listening(self) -> str:
+        return f"{STANDIN_NOTICE} ({self.behaviour}) listening on {self.host}:{self.port}"
 
     # -- one connection --------------------------------------------------------
 
     def _serve(self, sock: socket.socket) -> None:
-        with self._lock:
-            self.connections += 1
         sock.settimeout(_IDLE_LIMIT)
         with contextlib.suppress(OSError, ConnectionError):
             if self.behaviour == "silent":

@@ -19,15 +19,13 @@ Every answer carries ``Server: rotating_pool-hostile-agent-standin``.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import socket
-import socketserver
 import threading
 from typing import Literal
 
-from rotating_pool.local._process import LocalService, free_port
+from rotating_pool.local._process import TcpStandIn
 
 __all__ = ["HOSTILE_PASSWORD", "SERVER_HEADER", "HostileAgent"]
 
@@ -46,7 +44,7 @@ _IDLE_LIMIT = 60.0
 _CHUNK = 64 * 1024
 
 
-class HostileAgent(LocalService):
+class HostileAgent(TcpStandIn):
     """A listener on 127.0.0.1 that is not the agent; see the module docstring.
 
     Args:
@@ -58,7 +56,11 @@ class HostileAgent(LocalService):
     Attributes:
         connections: TCP connections accepted.
         requested: set once a request has been read (a client is now held).
+        hung_up: released once for each client that went away before the
+            answer was whole (``"drip"`` and ``"huge"``): it stopped reading.
     """
+
+    _thread_name = "hostile-agent"
 
     def __init__(
         self,
@@ -70,16 +72,12 @@ class HostileAgent(LocalService):
     ) -> None:
         if behaviour not in _BEHAVIOURS:
             raise ValueError(f"behaviour must be one of {_BEHAVIOURS}, not {behaviour!r}")
+        super().__init__(port)
         self.behaviour = behaviour
         self.interval = interval
         self.size = size
-        self._port = port
-        self._server: socketserver.ThreadingTCPServer | None = None
-        self._thread: threading.Thread | None = None
-        self._stopping = threading.Event()
-        self._lock = threading.Lock()
-        self.connections = 0
         self.requested = threading.Event()
+        self.hung_up = threading.Semaphore(0)
 
     def __repr__(self) -> str:
         return f"HostileAgent({self.behaviour!r}, port={self._port}, not the agent)"
@@ -89,74 +87,45 @@ class HostileAgent(LocalService):
         """The URL to give `AgentSource` as its endpoint."""
         return f"http://{self.host}:{self.port}"
 
-    def start(self) -> HostileAgent:
-        """Listen and serve in a background thread."""
-        if self._server is not None:
-            raise RuntimeError("HostileAgent is already started")
-        if self._port is None:
-            self._port = free_port(self.host)
-        owner = self
-
-        class Handler(socketserver.BaseRequestHandler):
-            def handle(self) -> None:
-                owner._serve(self.request)
-
-        socketserver.ThreadingTCPServer.allow_reuse_address = True
-        server = socketserver.ThreadingTCPServer((self.host, self._port), Handler)
-        server.daemon_threads = True
-        self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever, name="hostile-agent", daemon=True
+    def _listening(self) -> str:
+        return (
+            f"{SERVER_HEADER} ({self.behaviour}, not the Secrets Manager Agent) listening on "
+            f"{self.endpoint_url}"
         )
-        self._thread.start()
-        logger.info(
-            "%s (%s, not the Secrets Manager Agent) listening on %s",
-            SERVER_HEADER,
-            self.behaviour,
-            self.endpoint_url,
-        )
-        return self
-
-    def stop(self) -> None:
-        """Stop listening and end the connections held open."""
-        self._stopping.set()
-        server, self._server = self._server, None
-        if server is not None:
-            server.shutdown()
-            server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-            self._thread = None
 
     # -- one connection --------------------------------------------------------
 
     def _serve(self, sock: socket.socket) -> None:
-        with self._lock:
-            self.connections += 1
         sock.settimeout(_IDLE_LIMIT)
-        with contextlib.suppress(OSError):
-            _read_request(sock)
-            self.requested.set()
-            if self.behaviour == "silent":
-                self._stopping.wait(_IDLE_LIMIT)
-            elif self.behaviour == "drip":
-                body = _document("drip")
-                head = _head(len(body))
-                sock.sendall(head)
-                for byte in body:
-                    if self._stopping.wait(self.interval):
-                        return
-                    sock.sendall(bytes([byte]))
-            elif self.behaviour == "huge":
-                sock.sendall(_head(self.size))
-                sent = 0
-                chunk = b" " * _CHUNK
-                while sent < self.size and not self._stopping.is_set():
-                    sock.sendall(chunk[: self.size - sent])
-                    sent += _CHUNK
-            else:
-                body = _document("not-yours")
-                sock.sendall(_head(len(body)) + body)
+        try:
+            self._answer(sock)
+        except (BrokenPipeError, ConnectionResetError):
+            self.hung_up.release()
+        except OSError:
+            pass
+
+    def _answer(self, sock: socket.socket) -> None:
+        _read_request(sock)
+        self.requested.set()
+        if self.behaviour == "silent":
+            self._stopping.wait(_IDLE_LIMIT)
+        elif self.behaviour == "drip":
+            body = _document("drip")
+            sock.sendall(_head(len(body)))
+            for byte in body:
+                if self._stopping.wait(self.interval):
+                    return
+                sock.sendall(bytes([byte]))
+        elif self.behaviour == "huge":
+            sock.sendall(_head(self.size))
+            sent = 0
+            chunk = b" " * _CHUNK
+            while sent < self.size and not self._stopping.is_set():
+                sock.sendall(chunk[: self.size - sent])
+                sent += _CHUNK
+        else:
+            body = _document("not-yours")
+            sock.sendall(_head(len(body)) + body)
 
 
 def _read_request(sock: socket.socket) -> bytes:
