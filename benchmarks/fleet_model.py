@@ -54,6 +54,7 @@ from rotating_pool.core.plan import (
     Wait,
     login_plan,
 )
+from rotating_pool.core.reads import Route, next_stage, recovery_route
 from rotating_pool.errors import LoginRejectedError, SecretsManagerUnavailableError
 from rotating_pool.reads import (
     AGENT_LOAD,
@@ -64,7 +65,7 @@ from rotating_pool.reads import (
     recovery_reads,
     steady_read,
 )
-from rotating_pool.secret import AWSCURRENT, Credentials
+from rotating_pool.secret import AWSCURRENT, AWSPENDING, Credentials
 from rotating_pool.sources import DEFAULT_CLIENT_CONFIG, VersionMemo
 
 __all__ = ["Outcome", "World", "WorldConfig"]
@@ -97,11 +98,13 @@ def _credentials(result: Any, stage: str) -> Any:
 
 class DirectSource:
     """`rotating_pool.sources.SecretsManagerSource` over the model: one SDK client
-    per process, a `VersionMemo` of the versions it read."""
+    per process, a `VersionMemo` of the versions it read, the stage its last
+    recovery found (for the core's `recovery_route`)."""
 
     def __init__(self, client: SdkClient) -> None:
         self.client = client
         self.memo = VersionMemo()
+        self.last_found: str | None = None
 
     def _labels_then(self, purpose: str, then: Callable[[Labels], None], answer: Reply) -> None:
         def described(stages: Any) -> None:
@@ -134,8 +137,28 @@ class DirectSource:
         use_pending: bool,
         answer: Reply,
     ) -> None:
-        """`SecretsManagerSource.newer`: DescribeSecret, then the versions worth trying."""
+        """`SecretsManagerSource.newer`: the first read the core's `recovery_route`
+        names (DescribeSecret, or GetSecretValue of a stage), then what it leaves open."""
 
+        def found(result: Any) -> None:
+            if isinstance(result, Credentials):
+                self.last_found = result.stage
+            answer(result)
+
+        route = recovery_route(rejected.stage, self.last_found, use_pending=use_pending)
+        if route is Route.LABELS:
+            self._newer_by_labels(rejected, refused, use_pending, found)
+        else:
+            first = AWSCURRENT if route is Route.CURRENT else AWSPENDING
+            self._newer_by_stage(first, rejected, refused, use_pending, found)
+
+    def _newer_by_labels(
+        self,
+        rejected: Credentials,
+        refused: tuple[str | None, ...],
+        use_pending: bool,
+        answer: Reply,
+    ) -> None:
         def then(labels: Labels) -> None:
             reads = iter(recovery_reads(labels, refused, use_pending=use_pending))
 
@@ -156,6 +179,40 @@ class DirectSource:
             next_read()
 
         self._labels_then("recovery", then, answer)
+
+    def _newer_by_stage(
+        self,
+        stage: str | None,
+        rejected: Credentials,
+        refused: tuple[str | None, ...],
+        use_pending: bool,
+        answer: Reply,
+    ) -> None:
+        if stage is None:
+            answer(None)
+            return
+
+        def got(result: Any) -> None:
+            if isinstance(result, BaseException):
+                answer(result)
+                return
+            credentials: Credentials | None = None
+            stages: tuple[str, ...] = ()
+            if isinstance(result, Version):
+                credentials = self.memo.add(_credentials(result, stage))
+                # The answer's VersionStages, as the model holds them when it leaves.
+                stages = tuple(self.client.service.stages.get(result.version_id, ()))
+            if (
+                credentials is not None
+                and credentials.version_id not in refused
+                and credentials != rejected
+            ):
+                answer(credentials)
+            else:
+                following = next_stage(stage, stages, use_pending=use_pending)
+                self._newer_by_stage(following, rejected, refused, use_pending, answer)
+
+        self.client.call(GET, stage, got, "recovery")
 
     def poll(self, held: Credentials, answer: Reply) -> None:
         """`SecretsManagerSource.poll`: DescribeSecret, a read if AWSCURRENT moved."""

@@ -34,21 +34,24 @@ Event = tuple[Any, ...]
 # moves there; ("refuse", label or None for the one in use, reuse_for): a
 # refused login's refetch; ("refresh",): the periodic refresh.
 DIRECT: list[Event] = [
+    ("refuse", None, 1.0),  # no rotation: DescribeSecret, nothing new
+    ("refuse", None, 60.0),  # within the window: no call
     ("pending", "v2"),
-    ("refuse", None, 1.0),  # AWSCURRENT not moved: AWSPENDING read
+    ("refuse", None, 1.0),  # AWSCURRENT not moved: AWSPENDING read by id
     ("finish", "v2"),
     ("refresh",),  # AWSCURRENT is the version held: DescribeSecret only
     ("pending", "v3"),
-    ("refuse", None, 1.0),
-    ("refuse", None, 60.0),  # refused too (a proxy lagging): nothing new
-    ("refuse", None, 60.0),  # within the window: no call
+    ("refuse", None, 1.0),  # credentials read as AWSPENDING refused: GetSecretValue(AWSPENDING)
     ("refuse", "v1", 1.0),  # a caller still on v1 takes the one in use, no call
     ("finish", "v3"),
     ("finish", "v2"),  # AWSCURRENT moved back to a version refused lately
     ("refresh",),  # read from memory, and not adopted
     ("pending", "v4"),
-    ("refuse", None, 1.0),  # AWSCURRENT refused lately: AWSPENDING
+    ("refuse", None, 1.0),  # AWSPENDING refused again: the next AWSPENDING
 ]
+# Not in the script: refusing credentials read as AWSPENDING while both labels
+# name versions refused lately; the shipped source then reads AWSPENDING and
+# AWSCURRENT in turn without end (tests/test_rules.py, the xfail on it).
 
 AGENT: list[Event] = [
     ("refuse", None, 1.0),  # no rotation: the agent has no AWSPENDING (a miss, 404)
@@ -98,7 +101,10 @@ class RealSide:
 
     def _record(self, params: dict[str, Any], model: Any, **_: Any) -> None:
         version = params.get("VersionId")
-        self.reads.append((model.name, self.labels.get(version, version)))
+        if version is None and params.get("VersionStage"):
+            self.reads.append((model.name, f"stage:{params['VersionStage']}"))
+        else:
+            self.reads.append((model.name, self.labels.get(version, version)))
 
     def _changed(self, _previous: Credentials | None, new: Credentials) -> None:
         self.in_use = new
@@ -207,8 +213,10 @@ class SimSide:
             return list(self.agent.journal or [])
         out = []
         for operation, argument in self.world.sm.journal or []:
-            version = argument[3:] if argument and argument.startswith("id:") else argument
-            out.append((operation, version))
+            if argument is None or argument.startswith("id:"):
+                out.append((operation, argument and argument[3:]))
+            else:
+                out.append((operation, f"stage:{argument}"))
         return out
 
 
@@ -249,5 +257,5 @@ def test_the_simulator_makes_the_reads_the_shipped_store_and_source_make(
     for number, (mine, theirs) in enumerate(zip(real, simulated, strict=True)):
         assert mine == theirs, f"event {number}: real {mine} != simulated {theirs}"
     # The script is not empty of reads: each side read, refused and recovered.
-    assert sum(len(reads) for _, _, reads, _ in real) >= 8
+    assert sum(len(reads) for _, _, reads, _ in real) >= 6
     assert {answer for _, answer, _, _ in real} >= {None, "v2", "v3"}

@@ -13,6 +13,7 @@ Secrets Manager over HTTP, so that it outlives a move of the rule to the core.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import threading
 import time
@@ -36,7 +37,7 @@ from rotating_pool import (
 )
 from rotating_pool.engine import credential_store
 from rotating_pool.local import HostileServer, LocalAgent
-from rotating_pool.secret import AWSCURRENT, AWSPENDING
+from rotating_pool.secret import AWSCURRENT, AWSPENDING, Credentials
 from tests.support import RecordCounter, current_document, put_version, set_password
 
 URL = "postgresql+psycopg://"
@@ -469,3 +470,40 @@ def test_between_setsecret_and_finishsecret_the_direct_path_logs_in_with_awspend
     assert held is not None and (held.version_id, held.stage) == (pending, AWSPENDING)
     stats = rotating_pool.stats(engine)
     assert (stats.rejected_logins, stats.recovered_logins) == (1, 1)
+
+
+# -- a recovery by stage ends when both labels name refused versions ------------------------
+
+
+class StagedClient:
+    """A stand-in for boto3's client (not Secrets Manager): AWSCURRENT and
+    AWSPENDING on two versions, each refused lately; it counts the reads and
+    ends the test after a few, instead of letting an endless loop run."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+
+    def get_secret_value(self, SecretId: str, VersionStage: str) -> dict[str, Any]:
+        self.reads += 1
+        if self.reads > 10:
+            raise RuntimeError("the source kept reading: 10 GetSecretValue for one refusal")
+        version = "v2" if VersionStage == AWSCURRENT else "v3"
+        document = {"username": "app_a", "password": f"pw-{version}", "host": "db"}
+        return {
+            "SecretString": json.dumps(document),
+            "VersionId": version,
+            "VersionStages": [VersionStage],
+        }
+
+
+@pytest.mark.xfail(
+    raises=SecretsManagerUnavailableError,  # the stand-in's RuntimeError, as the source words it
+    reason="core (recovery_route / next_stage): with both labels on versions refused "
+    "lately, the source reads AWSPENDING and AWSCURRENT in turn without end",
+)
+def test_a_recovery_by_stage_reads_each_label_at_most_once():
+    client = StagedClient()
+    source = SecretsManagerSource("db", client=client)  # type: ignore[arg-type]
+    rejected = Credentials("app_a", "pw-v3", host="db", version_id="v3", stage=AWSPENDING)
+    assert source.newer(rejected, ["v3", "v2"], use_pending=True) is None
+    assert client.reads <= 2
