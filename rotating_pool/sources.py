@@ -145,6 +145,18 @@ class VersionMemo:
             return credentials
         return dataclasses.replace(credentials, stage=stage)
 
+    def holds_other_than(self, refused: Sequence[str | None], rejected: Credentials) -> bool:
+        """Whether a version read after `rejected`'s (the refresh found it) is
+        neither refused nor `rejected`'s login."""
+        with self._lock:
+            known = list(self._versions.items())
+        ids = [version_id for version_id, _ in known]
+        later = known[ids.index(rejected.version_id) + 1 :] if rejected.version_id in ids else known
+        return any(
+            version_id not in refused and credentials != rejected
+            for version_id, credentials in later
+        )
+
     def add(self, credentials: Credentials) -> Credentials:
         """Remember `credentials` (when its version is known); returns it."""
         if credentials.version_id is not None:
@@ -222,7 +234,12 @@ class SecretsManagerSource:
     ) -> Credentials | None:
         """The first read `recovery_route` names, then what it leaves open; see
         `SecretSource.newer`."""
-        route = recovery_route(rejected.stage, self._last_found, use_pending=use_pending)
+        route = recovery_route(
+            rejected.stage,
+            self._last_found,
+            use_pending=use_pending,
+            read_other=self._memo.holds_other_than(refused, rejected),
+        )
         if route is Route.LABELS:
             found = self._newer_by_labels(rejected, refused, use_pending=use_pending)
         else:

@@ -485,6 +485,11 @@ def test_the_recovery_route_reads_the_label_that_holds_the_answer_else_the_label
     # Nothing known: DescribeSecret first saves a value read if nothing moved.
     assert recovery_route(AWSCURRENT, None, use_pending=True) is Route.LABELS
     assert recovery_route(AWSCURRENT, AWSPENDING, use_pending=True) is Route.LABELS
+    # A version read already (by the refresh) answers from memory after a DescribeSecret.
+    assert recovery_route(AWSPENDING, None, use_pending=True, read_other=True) is Route.LABELS
+    assert recovery_route(AWSCURRENT, AWSCURRENT, use_pending=True, read_other=True) is (
+        Route.LABELS
+    )
 
 
 def test_after_a_stage_read_found_nothing_new_the_other_label_is_read_only_if_elsewhere():

@@ -15,6 +15,7 @@ from rotating_pool.connect import login, login_async
 from rotating_pool.core.ledger import REFUSED_VERSIONS_KEPT, Ledger
 from rotating_pool.errors import RotatingPoolError
 from rotating_pool.secret import AWSPENDING, Credentials
+from rotating_pool.sources import VersionMemo
 
 A1 = Credentials("app_a", "pw-1", version_id="v1")
 B2 = Credentials("app_b", "pw-2", version_id="v2")
@@ -378,9 +379,10 @@ def test_a_refresh_never_adopts_a_version_refused_lately():
     store.confirm(A1)  # A1 logged in after all (a pooler had lagged)
     clock.now = 100.0
     source.gate, source.entered = threading.Event(), threading.Event()
+    before = set(threading.enumerate())
     store.held()  # the refresh is due: its poll answers B2, still AWSCURRENT
     assert source.entered.wait(WAIT)
-    (refresh,) = [t for t in threading.enumerate() if t.name == "rotating_pool-refresh-db"]
+    (refresh,) = set(threading.enumerate()) - before  # the refresh, held at the gate
     source.gate.set()
     refresh.join(WAIT)
     assert source.reads[-1] == "poll"
@@ -446,3 +448,13 @@ def test_login_async_recovers_from_a_refusal_awaiting_the_shared_read():
     assert tried[0][1] == 20  # the first login gets the whole deadline
     stats = store.stats()
     assert (stats.logins, stats.rejected_logins, stats.recovered_logins) == (2, 1, 1)
+
+
+def test_the_version_memo_tells_a_version_read_after_the_refused_one():
+    memo = VersionMemo()
+    memo.add(A1)
+    assert not memo.holds_other_than(("v1",), A1)
+    memo.add(B2)  # e.g. the periodic refresh read the new AWSCURRENT
+    assert memo.holds_other_than(("v1",), A1)
+    assert not memo.holds_other_than(("v1", "v2"), A1)  # refused too
+    assert not memo.holds_other_than(("v2",), B2)  # A1 was read before B2: older

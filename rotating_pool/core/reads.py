@@ -124,9 +124,18 @@ class Route(enum.Enum):
     single-user rotation is between setSecret and finishSecret."""
 
 
-def recovery_route(rejected_stage: str, last_found: str | None, *, use_pending: bool) -> Route:
+def recovery_route(
+    rejected_stage: str,
+    last_found: str | None,
+    *,
+    use_pending: bool,
+    read_other: bool = False,
+) -> Route:
     """After a refused login: the first read, chosen to be the whole answer.
 
+    - A version other than the refused ones was read already (`read_other`:
+      the periodic refresh found it): DescribeSecret, so that the version read
+      before answers without a GetSecretValue.
     - Credentials read as AWSPENDING were refused: their single-user rotation
       is over and a newer one has changed the password, so its AWSPENDING is
       the answer (processes that keep connecting are refused between its
@@ -148,6 +157,8 @@ def recovery_route(rejected_stage: str, last_found: str | None, *, use_pending: 
     >>> recovery_route("AWSCURRENT", None, use_pending=True)
     <Route.LABELS: 'labels'>
     """
+    if read_other:
+        return Route.LABELS
     if use_pending and rejected_stage == AWSPENDING:
         return Route.PENDING
     if last_found == AWSCURRENT:
