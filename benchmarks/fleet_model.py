@@ -145,7 +145,12 @@ class DirectSource:
                 self.last_found = result.stage
             answer(result)
 
-        route = recovery_route(rejected.stage, self.last_found, use_pending=use_pending)
+        route = recovery_route(
+            rejected.stage,
+            self.last_found,
+            use_pending=use_pending,
+            read_other=self.memo.holds_other_than(refused, rejected),
+        )
         if route is Route.LABELS:
             self._newer_by_labels(rejected, refused, use_pending, found)
         else:
