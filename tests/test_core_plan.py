@@ -341,3 +341,20 @@ def test_retirement_moments_one_per_slice_from_the_generator_given():
 def test_no_connections_means_no_retirements_per_second():
     assert max_per_second(0, 10.0) == 0
     assert max_per_second(10, 5.0) == 3
+
+
+def test_the_login_after_an_unrecognised_error_is_judged_with_its_own_credentials():
+    verdicts = []
+    plan = login_plan(
+        OLD,
+        secret_id="db",
+        budget=RetryBudget(),
+        rng=random.Random(1),
+        clock=Clock(),
+        on_verdict=verdicts.append,
+    )
+    next(plan)
+    plan.send(ODD_FATAL)
+    plan.send(NEW)  # the refetch found NEW
+    plan.send(REFUSED)  # NEW refused
+    assert [v.credentials for v in verdicts] == [OLD, NEW]
