@@ -1,15 +1,18 @@
 """The fleet simulator's application side: processes, their credential stores and logins.
 
 Each simulated process holds its credentials as `rotating_pool.store.CredentialStore`
-does: a single-flight refetch per refused credentials (callers refused with
-credentials other than the current ones get the current ones at once, and a
-refetch that found nothing new is reused for `Refetch.reuse_for` seconds), the
-version ids refused lately, and a periodic refresh that adopts a new
-AWSCURRENT. What it reads is decided by the project's own sans-I/O functions
-(`rotating_pool.reads.recovery_reads` and `steady_read`, on
-`VersionMemo`), and each of its threads logs in by driving the project's own
-`rotating_pool.policy.login_plan` with a real `RetryBudget` and the virtual
-clock. Only the I/O is modelled (`benchmarks.fleet_services`).
+does: a single-flight refetch per refused credentials, and every rule about
+refusals taken from the core's own `rotating_pool.core.ledger.Ledger` (which
+versions were refused, when "nothing new" is the answer, when another caller's
+recovery or the periodic refresh is adopted). What it reads is decided by the
+core's read order (`rotating_pool.reads.recovery_reads`, `steady_read` on
+`VersionMemo`; `next_agent_ask` and `AGENT_LOAD` through the agent), and each
+of its threads logs in by driving the core's `login_plan` with a real
+`RetryBudget` and the virtual clock; the plan's `Success` says whether to
+confirm. Only the I/O is modelled (`benchmarks.fleet_services`): the virtual
+clock, Secrets Manager, the agent and the database. `tests/test_fleet_equivalence.py`
+runs one script of events through this model and through the real store and
+sources, and requires the same reads in the same order.
 
 Threads are simulated only when they matter: while a process's credentials
 are accepted, a pooled connection renewed by ``pool_recycle`` logs in without
@@ -24,7 +27,7 @@ from __future__ import annotations
 import collections
 import itertools
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,16 +44,31 @@ from benchmarks.fleet_services import (
     SecretsManager,
     Version,
 )
+from rotating_pool.core.ledger import Ledger
+from rotating_pool.core.plan import (
+    Connect,
+    Recheck,
+    Refetch,
+    RetryBudget,
+    Success,
+    Wait,
+    login_plan,
+)
+from rotating_pool.core.reads import Route, next_stage, recovery_route
 from rotating_pool.errors import LoginRejectedError, SecretsManagerUnavailableError
-from rotating_pool.policy import Connect, Recheck, Refetch, RetryBudget, Wait, login_plan
-from rotating_pool.reads import Labels, Read, recovery_reads, steady_read
+from rotating_pool.reads import (
+    AGENT_LOAD,
+    AgentAsk,
+    Labels,
+    Read,
+    next_agent_ask,
+    recovery_reads,
+    steady_read,
+)
 from rotating_pool.secret import AWSCURRENT, AWSPENDING, Credentials
 from rotating_pool.sources import DEFAULT_CLIENT_CONFIG, VersionMemo
 
 __all__ = ["Outcome", "World", "WorldConfig"]
-
-# CredentialStore's memory of refused version ids (store._REFUSED_VERSIONS_KEPT).
-REFUSED_KEPT = 4
 
 # Assumed latencies (median, p99) for the sweep: a Secrets Manager call in the
 # same region, a TLS-less SCRAM login and a refused one (as measured on the local
@@ -80,11 +98,13 @@ def _credentials(result: Any, stage: str) -> Any:
 
 class DirectSource:
     """`rotating_pool.sources.SecretsManagerSource` over the model: one SDK client
-    per process, a `VersionMemo` of the versions it read."""
+    per process, a `VersionMemo` of the versions it read, the stage its last
+    recovery found (for the core's `recovery_route`)."""
 
     def __init__(self, client: SdkClient) -> None:
         self.client = client
         self.memo = VersionMemo()
+        self.last_found: str | None = None
 
     def _labels_then(self, purpose: str, then: Callable[[Labels], None], answer: Reply) -> None:
         def described(stages: Any) -> None:
@@ -117,8 +137,33 @@ class DirectSource:
         use_pending: bool,
         answer: Reply,
     ) -> None:
-        """`SecretsManagerSource.newer`: DescribeSecret, then the versions worth trying."""
+        """`SecretsManagerSource.newer`: the first read the core's `recovery_route`
+        names (DescribeSecret, or GetSecretValue of a stage), then what it leaves open."""
 
+        def found(result: Any) -> None:
+            if isinstance(result, Credentials):
+                self.last_found = result.stage
+            answer(result)
+
+        route = recovery_route(
+            rejected.stage,
+            self.last_found,
+            use_pending=use_pending,
+            read_other=self.memo.holds_other_than(refused, rejected),
+        )
+        if route is Route.LABELS:
+            self._newer_by_labels(rejected, refused, use_pending, found)
+        else:
+            first = AWSCURRENT if route is Route.CURRENT else AWSPENDING
+            self._newer_by_stage(first, rejected, refused, use_pending, found)
+
+    def _newer_by_labels(
+        self,
+        rejected: Credentials,
+        refused: tuple[str | None, ...],
+        use_pending: bool,
+        answer: Reply,
+    ) -> None:
         def then(labels: Labels) -> None:
             reads = iter(recovery_reads(labels, refused, use_pending=use_pending))
 
@@ -139,6 +184,40 @@ class DirectSource:
             next_read()
 
         self._labels_then("recovery", then, answer)
+
+    def _newer_by_stage(
+        self,
+        stage: str | None,
+        rejected: Credentials,
+        refused: tuple[str | None, ...],
+        use_pending: bool,
+        answer: Reply,
+    ) -> None:
+        if stage is None:
+            answer(None)
+            return
+
+        def got(result: Any) -> None:
+            if isinstance(result, BaseException):
+                answer(result)
+                return
+            credentials: Credentials | None = None
+            stages: tuple[str, ...] = ()
+            if isinstance(result, Version):
+                credentials = self.memo.add(_credentials(result, stage))
+                # The answer's VersionStages, as the model holds them when it leaves.
+                stages = tuple(self.client.service.stages.get(result.version_id, ()))
+            if (
+                credentials is not None
+                and credentials.version_id not in refused
+                and credentials != rejected
+            ):
+                answer(credentials)
+            else:
+                following = next_stage(stage, stages, use_pending=use_pending)
+                self._newer_by_stage(following, rejected, refused, use_pending, answer)
+
+        self.client.call(GET, stage, got, "recovery")
 
     def poll(self, held: Credentials, answer: Reply) -> None:
         """`SecretsManagerSource.poll`: DescribeSecret, a read if AWSCURRENT moved."""
@@ -220,27 +299,30 @@ class AgentSource:
         use_pending: bool,
         answer: Reply,
     ) -> None:
-        """`AgentSource.newer`: the agent's cache first, then ``refreshNow``, per stage."""
-        stages = (AWSCURRENT, AWSPENDING) if use_pending else (AWSCURRENT,)
-        asks: Iterator[tuple[bool, str]] = itertools.product((False, True), stages)
+        """`AgentSource.newer`: the asks `next_agent_ask` orders, in one turn."""
+        asked: list[AgentAsk] = []
+        missing: set[str] = set()
 
         def read(done: Reply) -> None:
             def next_ask() -> None:
-                ask = next(asks, None)
+                ask = next_agent_ask(asked, missing, use_pending=use_pending)
                 if ask is None:
                     done(None)
                     return
+                asked.append(ask)
 
                 def got(result: Any) -> None:
-                    offers = isinstance(result, Credentials) and result != rejected
-                    if isinstance(result, BaseException) or (
-                        offers and result.version_id not in refused
-                    ):
+                    if isinstance(result, BaseException):
+                        done(result)
+                    elif result is None:
+                        missing.add(ask.stage)  # the agent caches no error: not asked again
+                        next_ask()
+                    elif result != rejected and result.version_id not in refused:
                         done(result)
                     else:
                         next_ask()
 
-                self.fetch(ask[1], ask[0], got)
+                self.fetch(ask.stage, ask.refresh, got)
 
             next_ask()
 
@@ -249,7 +331,7 @@ class AgentSource:
     def poll(self, held: Credentials, answer: Reply) -> None:
         """`AgentSource.poll`: the agent's cached AWSCURRENT, if not `held`."""
         self._in_turn(
-            lambda done: self.fetch(AWSCURRENT, False, done),
+            lambda done: self.fetch(AGENT_LOAD.stage, AGENT_LOAD.refresh, done),
             lambda result: answer(None if result == held else result),
         )
 
@@ -272,36 +354,34 @@ class Outcome:
 class Process:
     """One worker process's `CredentialStore` (see the module docstring)."""
 
-    __slots__ = ("current", "flights", "nothing_new", "refused", "source", "world")
+    __slots__ = ("current", "flights", "ledger", "source", "world")
 
     def __init__(self, world: World, source: DirectSource | AgentSource) -> None:
         self.world = world
         self.source = source
         self.current: Credentials = world.initial
         self.flights: dict[Credentials, list[Reply]] = {}
-        self.refused: collections.deque[str | None] = collections.deque(maxlen=REFUSED_KEPT)
-        self.nothing_new: tuple[Credentials, float] | None = None
+        self.ledger = Ledger()
 
     def refetch(self, action: Refetch, answer: Reply) -> None:
         """`CredentialStore.join_refetch` and waiting for it, at most `action.timeout`."""
         rejected, loop, out = action.rejected, self.world.loop, self.world.out
-        if self.current != rejected:
-            answer(self.current)  # another caller recovered already
+        adopted = self.ledger.adopt_instead_of(self.current, rejected)
+        if adopted is not None:
+            answer(adopted)  # another caller recovered already
             return
         waiting = self.flights.get(rejected)
         if waiting is None:
-            last = self.nothing_new
-            if last is not None and last[0] == rejected and loop.now - last[1] < action.reuse_for:
+            if self.ledger.reuses_nothing_new(rejected, loop.now, action.reuse_for):
                 out.refetch_reuses += 1
                 answer(None)
                 return
-            if rejected.version_id not in self.refused:
-                self.refused.appendleft(rejected.version_id)
+            self.ledger = self.ledger.refusing(rejected)
             waiting = self.flights[rejected] = []
             out.refetches += 1
             self.source.newer(
                 rejected,
-                tuple(self.refused),
+                self.ledger.refused,
                 self.world.config.use_pending,
                 lambda result: self._finish(rejected, result),
             )
@@ -322,11 +402,9 @@ class Process:
         )
 
     def _finish(self, rejected: Credentials, result: Any) -> None:
+        self.ledger = self.ledger.answered(rejected, result, self.world.loop.now)
         if isinstance(result, Credentials):
-            self.nothing_new = None
             self.current = result
-        elif result is None:
-            self.nothing_new = (rejected, self.world.loop.now)
         for waiter in self.flights.pop(rejected):
             waiter(result)
 
@@ -335,14 +413,12 @@ class Process:
         self.current = credentials
 
     def refresh(self) -> None:
-        """`CredentialStore._refresh`: adopt a new AWSCURRENT not refused lately."""
+        """`CredentialStore._refresh`: adopt a new AWSCURRENT as the ledger allows."""
         held = self.current
 
         def got(newer: Any) -> None:
-            if (
-                isinstance(newer, Credentials)
-                and self.current == held
-                and newer.version_id not in self.refused
+            if isinstance(newer, Credentials) and self.ledger.refresh_may_adopt(
+                newer, self.current, held
             ):
                 self.current = newer
                 self.world.on_refresh(self)
@@ -522,7 +598,6 @@ class World:
             rng=self.rng,
             clock=lambda: loop.now,
         )
-        refused = 0
 
         def send(answer: Any) -> None:
             try:
@@ -531,7 +606,20 @@ class World:
                 out.failed += 1
                 out.stalls.append(loop.now - started)
                 return
+            except StopIteration as stop:  # logged in: the plan says what follows
+                succeeded(stop.value)
+                return
             step(action)
+
+        def succeeded(success: Success) -> None:
+            if success.confirm:
+                process.confirm(success.credentials)
+            if success.refusals:
+                out.recovered += 1
+                out.stalls.append(loop.now - started)
+                out.last_recovery_after_set = max(
+                    out.last_recovery_after_set, loop.now - self.set_at[-1]
+                )
 
         def step(action: Any) -> None:
             if isinstance(action, Connect):
@@ -539,8 +627,7 @@ class World:
             elif isinstance(action, Refetch):
                 process.refetch(action, send)
             elif isinstance(action, Recheck):
-                current = process.current
-                send(current if current != action.rejected else None)
+                send(process.ledger.adopt_instead_of(process.current, action.rejected))
             else:
                 assert isinstance(action, Wait)  # the process has loaded: no Load
                 loop.after(action.seconds, lambda: send(None))
@@ -551,20 +638,11 @@ class World:
             loop.after(self._login() if accepted else self._refused(), lambda: ended(credentials))
 
         def ended(credentials: Credentials) -> None:
-            nonlocal refused
             if not self.db.accepts(credentials):  # the server decides at the handshake's end
-                refused += 1
                 out.refused_logins += 1
                 send(self.db.refusal(credentials))
                 return
-            plan.close()
-            if refused:
-                process.confirm(credentials)
-                out.recovered += 1
-                out.stalls.append(loop.now - started)
-                out.last_recovery_after_set = max(
-                    out.last_recovery_after_set, loop.now - self.set_at[-1]
-                )
+            send(None)
 
         step(next(plan))
 

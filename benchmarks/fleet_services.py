@@ -149,6 +149,8 @@ class SecretsManager:
         # Why each call was made: "recovery" (after a refused login), "refresh" (a
         # process's periodic refresh) or "agent_ttl" (an agent renewing an entry).
         self.purposes: Counter[str] = Counter()
+        # Every call as (operation, argument), in order, when a test asks for it.
+        self.journal: list[tuple[str, str | None]] | None = None
 
     def add_pending(self, version: Version) -> None:
         """createSecret: a new version labelled AWSPENDING."""
@@ -185,6 +187,8 @@ class SecretsManager:
         ``VersionIdsToStages`` mapping, or `Throttled`.
         """
         self.calls[operation] += 1
+        if self.journal is not None:
+            self.journal.append((operation, argument))
         self.purposes[purpose] += 1
         self.purposes[f"{purpose}:{operation}"] += 1
         admitted = self.buckets[operation].take(self.loop.now)
@@ -255,12 +259,16 @@ class Agent:
         self.ttl = ttl
         self.cache: dict[tuple[str | None, str | None], tuple[float, Version]] = {}
         self.requests = 0
+        # Every request as (versionStage, refreshNow), in order, when a test asks for it.
+        self.journal: list[tuple[str | None, bool]] | None = None
 
     def get(
         self, version_id: str | None, stage: str | None, refresh_now: bool, answer: Reply
     ) -> None:
         """Answer one ``/secretsmanager/get`` request: a `Version`, None (404) or an error."""
         self.requests += 1
+        if self.journal is not None:
+            self.journal.append((stage, refresh_now))
         key = (version_id, stage)
         entry = self.cache.get(key)
         if refresh_now or entry is None:
