@@ -155,7 +155,7 @@ class DirectSource:
             self._newer_by_labels(rejected, refused, use_pending, found)
         else:
             first = AWSCURRENT if route is Route.CURRENT else AWSPENDING
-            self._newer_by_stage(first, rejected, refused, use_pending, found)
+            self._newer_by_stage(first, rejected, refused, use_pending, found, ())
 
     def _newer_by_labels(
         self,
@@ -192,10 +192,12 @@ class DirectSource:
         refused: tuple[str | None, ...],
         use_pending: bool,
         answer: Reply,
+        already_read: tuple[str, ...],
     ) -> None:
         if stage is None:
             answer(None)
             return
+        read = (*already_read, stage)
 
         def got(result: Any) -> None:
             if isinstance(result, BaseException):
@@ -214,8 +216,10 @@ class DirectSource:
             ):
                 answer(credentials)
             else:
-                following = next_stage(stage, stages, use_pending=use_pending)
-                self._newer_by_stage(following, rejected, refused, use_pending, answer)
+                following = next_stage(
+                    stage, stages, use_pending=use_pending, already_read=read
+                )
+                self._newer_by_stage(following, rejected, refused, use_pending, answer, read)
 
         self.client.call(GET, stage, got, "recovery")
 

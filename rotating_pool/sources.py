@@ -266,15 +266,17 @@ class SecretsManagerSource:
         *,
         use_pending: bool,
     ) -> Credentials | None:
+        read: list[str] = []
         while stage is not None:
             credentials, stages = self._fetch(stage)
+            read.append(stage)
             if (
                 credentials is not None
                 and credentials.version_id not in refused
                 and credentials != rejected
             ):
                 return credentials
-            stage = next_stage(stage, stages, use_pending=use_pending)
+            stage = next_stage(stage, stages, use_pending=use_pending, already_read=read)
         return None
 
     def labels(self) -> Labels:

@@ -496,11 +496,6 @@ class StagedClient:
         }
 
 
-@pytest.mark.xfail(
-    raises=SecretsManagerUnavailableError,  # the stand-in's RuntimeError, as the source words it
-    reason="core (recovery_route / next_stage): with both labels on versions refused "
-    "lately, the source reads AWSPENDING and AWSCURRENT in turn without end",
-)
 def test_a_recovery_by_stage_reads_each_label_at_most_once():
     client = StagedClient()
     source = SecretsManagerSource("db", client=client)  # type: ignore[arg-type]

@@ -322,7 +322,8 @@ def login_plan(
         return Success(logged_in, confirm=timer.refusals > 0, refusals=timer.refusals)
 
     if credentials is None:
-        credentials = yield from _first_load(secret_id, budget, timer, delays)
+        # The first load has delays of its own: a long one leaves the recovery its rounds.
+        credentials = yield from _first_load(secret_id, budget, timer, budget.delays(rng))
     rotation = _Rotation.at_start(credentials, changed_ago, timer.now())
     timer.logins += 1
     if first_failed is not None:

@@ -173,12 +173,21 @@ def recovery_route(
     return Route.LABELS
 
 
-def next_stage(read_stage: str, stages: Collection[str], *, use_pending: bool) -> str | None:
+def next_stage(
+    read_stage: str,
+    stages: Collection[str],
+    *,
+    use_pending: bool,
+    already_read: Collection[str] = (),
+) -> str | None:
     """After a read by stage found nothing new: the other stage to read, or None.
 
     `stages` are the VersionStages of the version the read returned (empty
-    when no version had the stage). The other label is worth a read only when
-    it is on another version.
+    when no version had the stage); `already_read` the stages this recovery
+    has read so far. The other label is worth a read only when it is on
+    another version and was not read already: each label is read at most once
+    per recovery, so a recovery whose every label names a refused version ends
+    with "nothing new" after two reads instead of asking again and again.
 
     >>> next_stage("AWSCURRENT", ["AWSCURRENT"], use_pending=True)
     'AWSPENDING'
@@ -186,9 +195,14 @@ def next_stage(read_stage: str, stages: Collection[str], *, use_pending: bool) -
     True
     >>> next_stage("AWSCURRENT", ["AWSCURRENT"], use_pending=False) is None
     True
+    >>> next_stage("AWSCURRENT", ["AWSCURRENT"], use_pending=True,
+    ...            already_read=["AWSPENDING", "AWSCURRENT"]) is None
+    True
     """
     other = AWSPENDING if read_stage == AWSCURRENT else AWSCURRENT
     if other == AWSPENDING and not use_pending:
+        return None
+    if other in already_read:
         return None
     return None if other in stages else other
 
