@@ -5,7 +5,7 @@
     python .ci/matrix.py --python 3.10   # one leg
 
 Each leg installs the wheel built from this checkout (with the binary, asyncio
-and local extras) into a new venv made by pyenv's interpreter, checks that the
+and testing extras) into a new venv made by pyenv's interpreter, checks that the
 package and its rotation side import from there, then runs a copy of the tests
 (not the checkout's package: the installed one) that need no more than the
 package: the unit tests and one rotation of each strategy through the Lambda
@@ -38,7 +38,7 @@ from deploy.build_lambda_zip import find_interpreter  # noqa: E402
 PYTHONS = ("3.10", "3.11", "3.12", "3.13")
 FLOOR_PYTHON = PYTHONS[0]
 FLOOR_CONSTRAINTS = ROOT / ".ci" / "constraints-floor.txt"
-EXTRAS = "binary,asyncio,local,django"
+EXTRAS = "binary,asyncio,testing,django"
 UNIT_TESTS = (
     "tests/test_policy.py",
     "tests/test_secret.py",

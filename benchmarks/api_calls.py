@@ -29,7 +29,7 @@ import rotating_pool
 from benchmarks.bed import Bed, Rotations, counting_proxy
 from benchmarks.clients import rotating_pool_engine
 from benchmarks.measure import goal
-from rotating_pool.local.workload import WriteLoad
+from rotating_pool.testing.workload import WriteLoad
 
 THREAD_COUNTS = (1, 16, 64)
 DEFAULT_TTL = rotating_pool.DEFAULT_REFRESH_INTERVAL

@@ -23,14 +23,14 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import URL
 
-from rotating_pool.local import (
+from rotating_pool.testing import (
     AppSchema,
     FaultProxy,
     LocalPostgres,
     LocalSecretsManager,
     static_url,
 )
-from rotating_pool.local.secretsmanager import REGION
+from rotating_pool.testing.secretsmanager import REGION
 from rotating_pool.rotation import Rotator
 
 if TYPE_CHECKING:

@@ -25,7 +25,7 @@ from sqlalchemy.engine import URL, Engine
 
 import rotating_pool
 from benchmarks.bed import Bed, Secret
-from rotating_pool.local import FaultProxy
+from rotating_pool.testing import FaultProxy
 from rotating_pool.sources import DEFAULT_CLIENT_CONFIG as ROTATING_POOL_CLIENT_CONFIG
 
 __all__ = [

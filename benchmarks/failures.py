@@ -24,7 +24,7 @@ from benchmarks.clients import (
     wrapper_unavailable,
 )
 from benchmarks.measure import goal
-from rotating_pool.local.workload import WriteLoad
+from rotating_pool.testing.workload import WriteLoad
 
 THREADS = 16
 STRATEGIES = ("alternating", "single")

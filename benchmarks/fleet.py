@@ -36,8 +36,8 @@ from typing import Any
 from benchmarks.bed import Bed, Rotations, Secret, counting_proxy
 from benchmarks.clients import CLIENT_LABELS, static_engine, wrapper_unavailable
 from benchmarks.measure import goal, percentile
-from rotating_pool.local import FaultProxy
-from rotating_pool.local.workload import WriteLoad
+from rotating_pool.testing import FaultProxy
+from rotating_pool.testing.workload import WriteLoad
 
 THROTTLE_PER_SECOND = 4.0
 ROTATION_EVERY = 5.0

@@ -1,7 +1,7 @@
 """IAM connect overhead: rotating_pool's token source vs a static token, and vs sqlalchemy-rdsiam.
 
 Every engine uses `NullPool`, so each ``engine.connect()`` is a new login:
-TLS to the local RDS IAM stand-in (`rotating_pool.local.LocalIamAuth`), the
+TLS to the local RDS IAM stand-in (`rotating_pool.testing.LocalIamAuth`), the
 token checked there with botocore's signer, then a SCRAM login to PostgreSQL
 behind it. Every side pays that same path; what differs is where the token
 comes from:
@@ -46,7 +46,7 @@ from benchmarks.connect import _connect  # one timed engine.connect(), close unt
 from benchmarks.measure import Sample, interleave, sample
 from rotating_pool.engine import credential_store
 from rotating_pool.iam import IamTokenSource
-from rotating_pool.local import LocalIamAuth, LocalPostgres
+from rotating_pool.testing import LocalIamAuth, LocalPostgres
 
 REGION = "us-east-1"
 KEY = ("AKIDBENCHMARKKEY0001", "benchmark-secret-key")

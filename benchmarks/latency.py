@@ -17,7 +17,7 @@ from typing import Any
 from benchmarks.bed import ROTATION_EVERY, Bed, Rotations, counting_proxy
 from benchmarks.clients import rotating_pool_engine
 from benchmarks.measure import goal, summary
-from rotating_pool.local.workload import WriteLoad, WriteLoadResult
+from rotating_pool.testing.workload import WriteLoad, WriteLoadResult
 
 GOAL_RATIO = 1.5
 THREADS = 16

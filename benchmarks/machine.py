@@ -9,7 +9,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from rotating_pool.local.postgres import PG_BIN
+from rotating_pool.testing.postgres import PG_BIN
 
 PACKAGES = (
     "rotating_pool",

@@ -40,7 +40,7 @@ from benchmarks.clients import (
     wrapper_unavailable,
 )
 from benchmarks.measure import goal, percentile, summary
-from rotating_pool.local import FaultProxy
+from rotating_pool.testing import FaultProxy
 from rotating_pool.rotation import Rotator
 
 # rotating_pool's first retry round starts at once; its smallest backoff wait is

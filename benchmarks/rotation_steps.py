@@ -44,7 +44,7 @@ import psycopg
 from benchmarks.bed import Bed, Secret, start_bed
 from benchmarks.machine import describe, load_average
 from benchmarks.measure import percentile
-from rotating_pool.local.secretsmanager import REGION
+from rotating_pool.testing.secretsmanager import REGION
 from rotating_pool.rotation import STEPS, Rotator, lambda_handler
 from rotating_pool.rotation.handler import rotator_from_environment
 

@@ -9,7 +9,7 @@ kept: the graph is read from the installed sources by `deploy/import_graph.py`
 (ast, nothing imported), so a module the rotation side starts to import is
 shipped without a list to keep up to date, and the client side (engines, store,
 agent source), the command line (`rotation/cli.py`, no use on Lambda) and the
-test bed (`rotating_pool.local`: moto's patches, the stand-ins) are left out.
+test bed (`rotating_pool.testing`: moto's patches, the stand-ins) are left out.
 Of the dependencies, what the rotation side imports: psycopg with its binary
 wheel (libpq included, so no layer is needed) and boto3. The client side's
 (SQLAlchemy) are left out. Dependencies come as manylinux wheels from the

@@ -2,7 +2,7 @@
 
 `CallLoad(write, threads)` runs `write(worker)` in a loop in each thread until
 stopped, counting commits (returns) and failures (raises), as
-`rotating_pool.local.workload.WriteLoad` does for engines. Also the rotation
+`rotating_pool.testing.workload.WriteLoad` does for engines. Also the rotation
 pace the load tests share.
 """
 
@@ -13,7 +13,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
-from rotating_pool.local.workload import WriteLoadResult
+from rotating_pool.testing.workload import WriteLoadResult
 from rotating_pool.rotation import Rotator
 
 WINDOW = 0.5  # seconds between testSecret and finishSecret: the rotation's own pace

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from rotating_pool.local import AppSchema, FaultProxy, LocalPostgres, LocalSecretsManager
+from rotating_pool.testing import AppSchema, FaultProxy, LocalPostgres, LocalSecretsManager
 
 if TYPE_CHECKING:
     from mypy_boto3_secretsmanager import SecretsManagerClient

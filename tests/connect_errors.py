@@ -33,9 +33,9 @@ import pg8000
 import psycopg
 import psycopg2
 
-from rotating_pool.local import LocalPgBouncer, LocalPostgres, LocalRdsProxy, LocalSecretsManager
-from rotating_pool.local._process import free_port
-from rotating_pool.local.postgres import PG_BIN, _server_user_options
+from rotating_pool.testing import LocalPgBouncer, LocalPostgres, LocalRdsProxy, LocalSecretsManager
+from rotating_pool.testing._process import free_port
+from rotating_pool.testing.postgres import PG_BIN, _server_user_options
 
 SNAPSHOT = Path(__file__).parent / "data" / "connect_errors.json"
 DRIVERS = ("psycopg", "psycopg2", "pg8000", "asyncpg")

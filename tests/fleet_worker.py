@@ -11,7 +11,7 @@ import sys
 import time
 
 import rotating_pool
-from rotating_pool.local.workload import WriteLoad
+from rotating_pool.testing.workload import WriteLoad
 
 
 def main() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rotating_pool.local import LocalPostgres, LocalSecretsManager
+from rotating_pool.testing import LocalPostgres, LocalSecretsManager
 from rotating_pool.rotation import lambda_handler
 
 # The handler's settings (rotating_pool.rotation.handler); a test sets the ones it needs.

@@ -9,7 +9,7 @@ from typing import Any
 
 from psycopg import sql
 
-from rotating_pool.local import LocalPostgres
+from rotating_pool.testing import LocalPostgres
 
 
 def set_password(postgres: LocalPostgres, user: str, password: str) -> None:

@@ -33,9 +33,9 @@ from rotating_pool import (
 from rotating_pool.agent import ENDPOINT_ENV, TOKEN_HEADER
 from rotating_pool.agent_token import MAX_TOKEN_BYTES
 from rotating_pool.engine import credential_store
-from rotating_pool.local import LocalAgent
-from rotating_pool.local._process import free_port
-from rotating_pool.local.agent import SERVER_HEADER
+from rotating_pool.testing import LocalAgent
+from rotating_pool.testing._process import free_port
+from rotating_pool.testing.agent import SERVER_HEADER
 from rotating_pool.rotation import Rotator
 
 URL = "postgresql+psycopg://"
@@ -704,7 +704,7 @@ def test_no_token_or_password_in_records_errors_or_reprs(
     make_secret, sm_client, agent, caplog, monkeypatch
 ):
     caplog.set_level(logging.DEBUG)
-    for name in ("rotating_pool", "rotating_pool.local", "sqlalchemy", "psycopg"):
+    for name in ("rotating_pool", "rotating_pool.testing", "sqlalchemy", "psycopg"):
         caplog.set_level(logging.DEBUG, logger=name)
     arn = make_secret("single")
     engine = rotating_pool.create_engine(URL, secret_id=arn, source="agent", echo="debug")

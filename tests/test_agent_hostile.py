@@ -25,8 +25,8 @@ from rotating_pool import (
     RetryBudget,
     SecretsManagerUnavailableError,
 )
-from rotating_pool.local import HostileAgent
-from rotating_pool.local.hostile_agent import HOSTILE_PASSWORD
+from rotating_pool.testing import HostileAgent
+from rotating_pool.testing.hostile_agent import HOSTILE_PASSWORD
 
 URL = "postgresql+psycopg://"
 TOKEN = "token-for-the-hostile-listener-0123456789"
@@ -169,7 +169,7 @@ def test_a_process_waiting_for_its_turn_is_not_held_past_its_own_time(tmp_path, 
 
 
 def test_the_hostile_stand_in_says_what_it_is(caplog):
-    caplog.set_level(logging.INFO, logger="rotating_pool.local")
+    caplog.set_level(logging.INFO, logger="rotating_pool.testing")
     with HostileAgent("wrong_arn") as hostile:
         assert "not the agent" in repr(hostile)
     assert "not the Secrets Manager Agent" in caplog.text

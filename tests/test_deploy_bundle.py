@@ -27,7 +27,7 @@ from deploy.import_graph import closure, modules
 from rotating_pool.rotation import STEPS
 
 # The test bed's package (moto's patches, the stand-ins): never in the zip.
-STAND_INS = "rotating_pool.local"
+STAND_INS = "rotating_pool.testing"
 ROOT = Path(__file__).resolve().parents[1]
 BUILD_SCRIPT = ROOT / "deploy" / "build_lambda_zip.py"
 LOCAL_LAMBDA_ARN = "arn:aws:lambda:us-east-1:123456789012:function:rotating-pool-local-bundle"

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from deploy.build_lambda_zip import DEFAULT_PYTHON
-from rotating_pool.local import LocalPostgres, LocalSecretsManager
+from rotating_pool.testing import LocalPostgres, LocalSecretsManager
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGE = ROOT / "docs" / "guides" / "deploy.md"

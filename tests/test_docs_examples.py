@@ -28,7 +28,7 @@ import pytest
 from sqlalchemy import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from rotating_pool.local import LocalPostgres, LocalSecretsManager
+from rotating_pool.testing import LocalPostgres, LocalSecretsManager
 from rotating_pool.rotation.cli import main as rotating_pool_cli
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -34,7 +34,7 @@ from botocore.model import StructureShape
 from botocore.validate import ParamValidator
 
 from examples.fargate_sidecar import init_token
-from rotating_pool.local import LocalAgent, free_port, log_tail
+from rotating_pool.testing import LocalAgent, free_port, log_tail
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "fargate_sidecar"

@@ -1,4 +1,4 @@
-"""IAM database authentication through the local RDS IAM stand-in (rotating_pool.local.iam).
+"""IAM database authentication through the local RDS IAM stand-in (rotating_pool.testing.iam).
 
 Tokens are signed by botocore for real (SigV4, no mock); the AWS keys are
 test values in the environment, the ones the stand-in accepts.
@@ -27,8 +27,8 @@ from rotating_pool import LoginRejectedError, RetryBudget
 from rotating_pool.connect import login
 from rotating_pool.engine import credential_store
 from rotating_pool.iam import IamAuth, IamCredentialsError, IamPlaintextError, IamTokenSource
-from rotating_pool.local import LocalPostgres
-from rotating_pool.local.iam import LocalIamAuth
+from rotating_pool.testing import LocalPostgres
+from rotating_pool.testing.iam import LocalIamAuth
 from rotating_pool.redact import _BOTOCORE_LOGGERS
 from rotating_pool.secret import Credentials
 from rotating_pool.store import CredentialStore

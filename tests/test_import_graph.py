@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = "rotating_pool"
 # The test bed's package (moto's patches, the stand-ins). One name, so that a
 # rename of the package is a change of this line.
-STAND_INS = "rotating_pool.local"
+STAND_INS = "rotating_pool.testing"
 
 # The core: modules that decide and do no I/O. An entry is a module, or a
 # package followed by ".*" for everything under it (which may not exist yet).
@@ -164,16 +164,16 @@ def test_a_stand_in_reached_through_another_module_is_found(tmp_path: Path):
     write_package(tmp_path, {
         "rotating_pool/__init__.py": "",
         "rotating_pool/policy.py": "from rotating_pool import helper\n",
-        "rotating_pool/helper.py": "def f():\n    from rotating_pool.local.postgres import X\n",
+        "rotating_pool/helper.py": "def f():\n    from rotating_pool.testing.postgres import X\n",
         "rotating_pool/clean.py": (
             "from typing import TYPE_CHECKING\n"
-            "if TYPE_CHECKING:\n    from rotating_pool.local import Y\n"
+            "if TYPE_CHECKING:\n    from rotating_pool.testing import Y\n"
         ),
-        "rotating_pool/local/__init__.py": "",
-        "rotating_pool/local/postgres.py": "X = 1\n",
+        "rotating_pool/testing/__init__.py": "",
+        "rotating_pool/testing/postgres.py": "X = 1\n",
     })
     assert stand_in_imports(tmp_path, {"rotating_pool.policy"}) == [
-        "rotating_pool.helper (line 2) imports rotating_pool.local.postgres"
+        "rotating_pool.helper (line 2) imports rotating_pool.testing.postgres"
     ]
     # Type-checking imports never run: not a dependency.
     assert stand_in_imports(tmp_path, {"rotating_pool.clean"}) == []

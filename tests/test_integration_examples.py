@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from rotating_pool.local._process import end_process, free_port
+from rotating_pool.testing._process import end_process, free_port
 from tests.call_load import CallLoad, rotate
 
 pytest.importorskip("django")

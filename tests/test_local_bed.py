@@ -20,7 +20,7 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeoutError
 
-from rotating_pool.local import AppSchema, FaultProxy, LocalPostgres, LocalSecretsManager
+from rotating_pool.testing import AppSchema, FaultProxy, LocalPostgres, LocalSecretsManager
 
 LOCAL_LAMBDA = "arn:aws:lambda:us-east-1:123456789012:function:rotating-pool-local-rotation"
 OTHER_LAMBDA = "arn:aws:lambda:us-east-1:123456789012:function:someone-elses-rotation"

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import text
 
 import rotating_pool
-from rotating_pool.local.workload import WriteLoad
+from rotating_pool.testing.workload import WriteLoad
 from rotating_pool.rotation import Rotator
 from tests.support import RecordCounter
 

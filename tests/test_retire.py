@@ -21,7 +21,7 @@ from sqlalchemy import event, text
 
 import rotating_pool
 from rotating_pool import ConfigurationError
-from rotating_pool.local.workload import WriteLoad
+from rotating_pool.testing.workload import WriteLoad
 from rotating_pool.retire import (
     LOGIN_KEY,
     login_of,

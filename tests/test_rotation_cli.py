@@ -17,7 +17,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from rotating_pool.local import LocalPostgres
+from rotating_pool.testing import LocalPostgres
 from rotating_pool.rotation.cli import main
 
 _counter = itertools.count()

@@ -21,7 +21,7 @@ import pytest
 import sqlalchemy
 
 import rotating_pool
-from rotating_pool.local import AppSchema, LocalPostgres
+from rotating_pool.testing import AppSchema, LocalPostgres
 from rotating_pool.rotation import (
     STEPS,
     DatabaseLoginError,

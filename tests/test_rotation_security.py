@@ -21,7 +21,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from rotating_pool.local import (
+from rotating_pool.testing import (
     AppSchema,
     CertificateAuthority,
     FaultProxy,

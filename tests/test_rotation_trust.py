@@ -25,7 +25,7 @@ import pytest
 from psycopg import sql
 
 from rotating_pool.errors import RotatingPoolError
-from rotating_pool.local import AppSchema, HostileServer, LocalPostgres, LocalSecretsManager
+from rotating_pool.testing import AppSchema, HostileServer, LocalPostgres, LocalSecretsManager
 from rotating_pool.rotation import (
     STEPS,
     BootstrapPlan,

@@ -14,7 +14,7 @@ import pytest
 import sqlalchemy
 
 import rotating_pool
-from rotating_pool.local.workload import WriteLoad, static_url
+from rotating_pool.testing.workload import WriteLoad, static_url
 from rotating_pool.rotation import Rotator, lambda_handler
 from tests.support import current_document
 

@@ -36,7 +36,7 @@ from rotating_pool import (
     SecretsManagerUnavailableError,
 )
 from rotating_pool.engine import credential_store
-from rotating_pool.local import HostileServer, LocalAgent
+from rotating_pool.testing import HostileServer, LocalAgent
 from rotating_pool.secret import AWSCURRENT, AWSPENDING, Credentials
 from tests.support import RecordCounter, current_document, put_version, set_password
 

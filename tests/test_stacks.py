@@ -17,7 +17,7 @@ import pytest
 import sqlalchemy
 
 import rotating_pool
-from rotating_pool.local import LocalPgBouncer, LocalRdsProxy
+from rotating_pool.testing import LocalPgBouncer, LocalRdsProxy
 from tests.support import put_version, set_password
 
 
@@ -308,7 +308,7 @@ def test_rds_standin_says_what_it_is_and_logs_no_password(rds, app_schema, caplo
     rds.refresh_now()
     with pytest.raises(psycopg.OperationalError):
         login(rds, app_schema, user=app_schema.users[1])
-    records = [r for r in caplog.records if r.name.startswith("rotating_pool.local")]
+    records = [r for r in caplog.records if r.name.startswith("rotating_pool.testing")]
     assert records
     assert all("stand-in" in r.getMessage() for r in records)
     for password in app_schema.passwords.values():

@@ -19,7 +19,7 @@ import sqlalchemy
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 import rotating_pool
-from rotating_pool.local import (
+from rotating_pool.testing import (
     LocalPgBouncer,
     LocalRdsProxy,
     WriteLoad,

@@ -21,7 +21,7 @@ import pytest
 import sqlalchemy
 
 import rotating_pool
-from rotating_pool.local import CertificateAuthority, LocalPostgres
+from rotating_pool.testing import CertificateAuthority, LocalPostgres
 
 # As the login user (its `SET role` default would hide its own pg_stat_ssl row).
 RESET_ROLE = sqlalchemy.text("SET ROLE NONE")

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from rotating_pool import AgentSource, turns
-from rotating_pool.local import LocalAgent
+from rotating_pool.testing import LocalAgent
 
 UNSAFE = "not safe to use"
 WAITED = "kept its turn"

@@ -16,9 +16,9 @@ import psycopg
 import pytest
 
 import rotating_pool
-from rotating_pool.local import UnlistedRefusalPooler
-from rotating_pool.local.unlisted import UNLISTED_WORDING
-from rotating_pool.local.workload import WriteLoad
+from rotating_pool.testing import UnlistedRefusalPooler
+from rotating_pool.testing.unlisted import UNLISTED_WORDING
+from rotating_pool.testing.workload import WriteLoad
 from rotating_pool.policy import Failure, classify_login_error
 from rotating_pool.rotation import Rotator
 from tests.support import set_password
@@ -123,12 +123,12 @@ def test_the_standin_lets_everything_through_once_its_old_connections_closed(
 
 def test_the_standin_says_what_it_is_and_logs_no_password(pooler, postgres, app_schema, caplog):
     user = app_schema.users[0]
-    caplog.set_level(logging.DEBUG, logger="rotating_pool.local")
+    caplog.set_level(logging.DEBUG, logger="rotating_pool.testing")
     assert "stand-in" in repr(pooler)
     login(pooler, app_schema, password=app_schema.passwords[user]).close()
     set_password(postgres, user, "a-new-password-5")
     refused_login(pooler, app_schema, password="a-new-password-5")
-    records = [r for r in caplog.records if r.name.startswith("rotating_pool.local")]
+    records = [r for r in caplog.records if r.name.startswith("rotating_pool.testing")]
     assert any("refused" in r.getMessage() for r in records)
     assert all("stand-in" in r.getMessage() for r in records)
     for record in records:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from examples.fargate_sidecar.scene import SECRET_NAME
-from rotating_pool.local import LocalAgent, free_port, log_tail
+from rotating_pool.testing import LocalAgent, free_port, log_tail
 
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parents[1]

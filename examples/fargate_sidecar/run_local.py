@@ -13,7 +13,7 @@ rotates its secret on a schedule::
   function then warns at each login that TLS is off).
 - Secrets Manager (`LocalSecretsManager`: moto over HTTP, with AWS behaviour
   restored where moto departs from it).
-- The Secrets Manager Agent sidecar: `rotating_pool.local.LocalAgent`, a LOCAL
+- The Secrets Manager Agent sidecar: `rotating_pool.testing.LocalAgent`, a LOCAL
   STAND-IN that speaks the agent's protocol (the real agent is a Rust binary
   that needs AWS). Its token is written by init_token.py into a file, and both
   it and the app read it from there (``AWS_TOKEN=file://...``), as in the task.
@@ -72,7 +72,7 @@ from examples.fargate_sidecar.scene import (
 )
 from examples.fargate_sidecar.schedule import RotationSchedule
 from examples.fargate_sidecar.sessions import SessionSampler
-from rotating_pool.local import LocalAgent, LocalPostgres, LocalSecretsManager
+from rotating_pool.testing import LocalAgent, LocalPostgres, LocalSecretsManager
 from rotating_pool.retire import poll_interval
 
 if TYPE_CHECKING:
@@ -146,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
                 with LocalAgent(client, token=token, port=0, **ttl) as agent:
                     print(
                         f"LOCAL STAND-IN for the AWS Secrets Manager Agent at "
-                        f"{agent.endpoint_url} (rotating_pool.local.LocalAgent, TTL "
+                        f"{agent.endpoint_url} (rotating_pool.testing.LocalAgent, TTL "
                         f"{agent.ttl:g} s, token from {token_path / 'token'}); "
                         "not the AWS agent",
                         flush=True,

@@ -18,7 +18,7 @@ import json
 import urllib.parse
 from typing import TYPE_CHECKING
 
-from rotating_pool.local import LocalPostgres
+from rotating_pool.testing import LocalPostgres
 from rotating_pool.rotation import (
     BootstrapPlan,
     BootstrapReport,

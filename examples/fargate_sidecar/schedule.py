@@ -18,7 +18,7 @@ from examples.fargate_sidecar.scene import (
     bootstrap_secret,
     current_username,
 )
-from rotating_pool.local import LocalPostgres
+from rotating_pool.testing import LocalPostgres
 from rotating_pool.rotation import STEPS, Strategy, lambda_handler
 
 if TYPE_CHECKING:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from examples.fargate_sidecar.load import LoadGenerator
 from examples.fargate_sidecar.scene import DBNAME
-from rotating_pool.local import LocalPostgres
+from rotating_pool.testing import LocalPostgres
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 Every read names its version explicitly (a stage or a version id): moto
 5.2.5's GetSecretValue without a stage keeps returning the old version after
-AWSCURRENT moves (the test bed patches it: `rotating_pool.local._moto_main`),
+AWSCURRENT moves (the test bed patches it: `rotating_pool.testing._moto_main`),
 and a rotation must never act on a version it did not mean.
 """
 

@@ -18,11 +18,11 @@ from abc import abstractmethod
 from collections import Counter
 from collections.abc import Callable
 
-from rotating_pool.local._process import LocalService, free_port
+from rotating_pool.testing._process import LocalService, free_port
 
 __all__ = ["WireFront", "error_response", "read_message", "relay", "startup_parameters"]
 
-logger = logging.getLogger("rotating_pool.local")
+logger = logging.getLogger("rotating_pool.testing")
 
 # First messages a client may send.
 _PROTOCOL_3 = 196608

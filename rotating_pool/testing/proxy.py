@@ -25,11 +25,11 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import NamedTuple
 
-from rotating_pool.local._process import LocalService, QuietRequestHandler
+from rotating_pool.testing._process import LocalService, QuietRequestHandler
 
 __all__ = ["AWS_QUOTA_RATIOS", "FaultProxy"]
 
-logger = logging.getLogger("rotating_pool.local")
+logger = logging.getLogger("rotating_pool.testing")
 
 # Headers about one hop's connection, which a proxy must not pass on.
 _HOP_BY_HOP = frozenset(

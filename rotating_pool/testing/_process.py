@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import psycopg
 
-logger = logging.getLogger("rotating_pool.local")
+logger = logging.getLogger("rotating_pool.testing")
 
 # How long a local server may take to answer after it is launched.
 START_TIMEOUT = 30.0

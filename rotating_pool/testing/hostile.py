@@ -26,11 +26,11 @@ import struct
 from dataclasses import dataclass
 from typing import Literal
 
-from rotating_pool.local._process import TcpStandIn
+from rotating_pool.testing._process import TcpStandIn
 
 __all__ = ["HostileServer", "StartupRecord"]
 
-logger = logging.getLogger("rotating_pool.local")
+logger = logging.getLogger("rotating_pool.testing")
 
 _SSL_REQUEST = 80877103
 _GSSENC_REQUEST = 80877104

@@ -11,7 +11,7 @@ it. Every answer carries ``Server: rotating_pool-local-agent-standin``.
 
 Run as a process (a sidecar for a local demo)::
 
-    python -m rotating_pool.local._agent_main --port 2773   # token from $AWS_TOKEN, as the agent
+    python -m rotating_pool.testing._agent_main --port 2773   # token from $AWS_TOKEN, as the agent
 """
 
 from __future__ import annotations
@@ -33,14 +33,14 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import botocore.exceptions
 
 from rotating_pool.agent import DEFAULT_ENDPOINT, ENDPOINT_ENV, TOKEN_ENV_VARS, TOKEN_HEADER
-from rotating_pool.local._process import LocalService, QuietRequestHandler
+from rotating_pool.testing._process import LocalService, QuietRequestHandler
 
 if TYPE_CHECKING:
     from mypy_boto3_secretsmanager import SecretsManagerClient
 
 __all__ = ["SERVER_HEADER", "AgentRequest", "LocalAgent"]
 
-logger = logging.getLogger("rotating_pool.local")
+logger = logging.getLogger("rotating_pool.testing")
 
 SERVER_HEADER = "rotating_pool-local-agent-standin"
 """The ``Server`` header of every answer: says that this is not the AWS agent."""

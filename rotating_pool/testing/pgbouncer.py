@@ -24,17 +24,17 @@ from pathlib import Path
 
 import psycopg
 
-from rotating_pool.local._process import (
+from rotating_pool.testing._process import (
     LocalService,
     end_process,
     free_port,
     wait_for_logins,
 )
-from rotating_pool.local.postgres import LocalPostgres, _server_user_options
+from rotating_pool.testing.postgres import LocalPostgres, _server_user_options
 
 __all__ = ["PGBOUNCER", "LocalPgBouncer"]
 
-logger = logging.getLogger("rotating_pool.local")
+logger = logging.getLogger("rotating_pool.testing")
 
 PGBOUNCER = Path("/usr/sbin/pgbouncer")
 AUTH_QUERY = "SELECT usename, passwd FROM pg_shadow WHERE usename=$1"
@@ -192,7 +192,7 @@ class LocalPgBouncer(LocalService):
             **self._settings,
         }
         lines = [
-            "; written by rotating_pool.local.LocalPgBouncer",
+            "; written by rotating_pool.testing.LocalPgBouncer",
             "[databases]",
             f"* = host={self._postgres.host} port={self._postgres.port}",
             "",

@@ -24,7 +24,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 
-from rotating_pool.local._wire import (
+from rotating_pool.testing._wire import (
     WireFront,
     error_response,
     read_message,
@@ -34,7 +34,7 @@ from rotating_pool.local._wire import (
 
 __all__ = ["UNLISTED_WORDING", "UnlistedRefusalPooler"]
 
-logger = logging.getLogger("rotating_pool.local")
+logger = logging.getLogger("rotating_pool.testing")
 
 _NAME = "unlisted-refusal pooler stand-in"
 

@@ -1,6 +1,10 @@
-"""A local stand-in stack for demos, tests and benchmarks.
+"""Stand-ins for testing: a local stack for demos, tests and benchmarks.
 
-Needs the `local` extra (moto) and PostgreSQL 15's server binaries from
+Like ``sqlalchemy.testing``, this package is for tests (the project's own and
+an application's), never for a production process: nothing outside it imports
+it (``tests/test_import_graph.py``), and the rotation Lambda's zip leaves it out.
+
+Needs the `testing` extra (moto) and PostgreSQL 15's server binaries from
 Debian's packages.
 
 - `LocalPostgres`: a throwaway PostgreSQL 15 server on 127.0.0.1 (`AppSchema`:
@@ -32,19 +36,19 @@ Debian's packages.
 - `free_port`, `log_tail`: a free local TCP port; the end of a child's log file.
 """
 
-from rotating_pool.local._process import free_port, log_tail
-from rotating_pool.local.agent import LocalAgent
-from rotating_pool.local.hostile import HostileServer, StartupRecord
-from rotating_pool.local.hostile_agent import HostileAgent
-from rotating_pool.local.iam import LocalIamAuth
-from rotating_pool.local.pgbouncer import LocalPgBouncer
-from rotating_pool.local.postgres import AppSchema, LocalPostgres
-from rotating_pool.local.proxy import FaultProxy
-from rotating_pool.local.rdsproxy import LocalRdsProxy
-from rotating_pool.local.secretsmanager import LocalSecretsManager
-from rotating_pool.local.tls import CertificateAuthority
-from rotating_pool.local.unlisted import UnlistedRefusalPooler
-from rotating_pool.local.workload import WriteLoad, WriteLoadResult, static_url
+from rotating_pool.testing._process import free_port, log_tail
+from rotating_pool.testing.agent import LocalAgent
+from rotating_pool.testing.hostile import HostileServer, StartupRecord
+from rotating_pool.testing.hostile_agent import HostileAgent
+from rotating_pool.testing.iam import LocalIamAuth
+from rotating_pool.testing.pgbouncer import LocalPgBouncer
+from rotating_pool.testing.postgres import AppSchema, LocalPostgres
+from rotating_pool.testing.proxy import FaultProxy
+from rotating_pool.testing.rdsproxy import LocalRdsProxy
+from rotating_pool.testing.secretsmanager import LocalSecretsManager
+from rotating_pool.testing.tls import CertificateAuthority
+from rotating_pool.testing.unlisted import UnlistedRefusalPooler
+from rotating_pool.testing.workload import WriteLoad, WriteLoadResult, static_url
 
 __all__ = [
     "AppSchema",

@@ -1,5 +1,5 @@
 """Run the LOCAL STAND-IN for the Secrets Manager Agent as a process: ``python -m
-rotating_pool.local._agent_main --port 2773`` (see `rotating_pool.local.agent.LocalAgent`).
+rotating_pool.testing._agent_main --port 2773`` (see `rotating_pool.testing.agent.LocalAgent`).
 
 Configured as the agent is: the token from ``AWS_TOKEN`` (a value or
 ``file:///path``) or ``AWS_SESSION_TOKEN``; Secrets Manager through boto3's
@@ -16,13 +16,13 @@ import threading
 
 from rotating_pool.agent_token import resolve_token
 from rotating_pool.errors import ConfigurationError
-from rotating_pool.local.agent import DEFAULT_PORT, DEFAULT_TTL, LocalAgent
+from rotating_pool.testing.agent import DEFAULT_PORT, DEFAULT_TTL, LocalAgent
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the stand-in until SIGTERM or Ctrl-C: the sidecar of the local demo."""
     parser = argparse.ArgumentParser(
-        prog="python -m rotating_pool.local._agent_main",
+        prog="python -m rotating_pool.testing._agent_main",
         description="A LOCAL STAND-IN for the AWS Secrets Manager Agent (not the agent). "
         "Reads Secrets Manager through boto3's default chain "
         "(AWS_ENDPOINT_URL_SECRETS_MANAGER). The token comes from AWS_TOKEN (a value or "

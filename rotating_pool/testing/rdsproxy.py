@@ -18,14 +18,14 @@ import logging
 import threading
 from typing import TYPE_CHECKING, NamedTuple
 
-from rotating_pool.local._wire import WireFront, error_response, relay, startup_parameters
+from rotating_pool.testing._wire import WireFront, error_response, relay, startup_parameters
 
 if TYPE_CHECKING:
     from mypy_boto3_secretsmanager import SecretsManagerClient
 
 __all__ = ["LocalRdsProxy", "ProxyCredentials", "no_credentials_message"]
 
-logger = logging.getLogger("rotating_pool.local")
+logger = logging.getLogger("rotating_pool.testing")
 
 _NAME = "RDS Proxy stand-in"
 

@@ -25,11 +25,11 @@ import socket
 import threading
 from typing import Literal
 
-from rotating_pool.local._process import TcpStandIn
+from rotating_pool.testing._process import TcpStandIn
 
 __all__ = ["HOSTILE_PASSWORD", "SERVER_HEADER", "HostileAgent"]
 
-logger = logging.getLogger("rotating_pool.local")
+logger = logging.getLogger("rotating_pool.testing")
 
 SERVER_HEADER = "rotating_pool-hostile-agent-standin"
 """The ``Server`` header of every answer: says that this is not the AWS agent."""

@@ -1,6 +1,6 @@
 """Serve moto's Secrets Manager over HTTP, patched where moto 5.2.5 departs from AWS.
 
-Run as ``python -m rotating_pool.local._moto_main --host 127.0.0.1 --port N``;
+Run as ``python -m rotating_pool.testing._moto_main --host 127.0.0.1 --port N``;
 `LocalSecretsManager` does. The patches (`patch_secretsmanager`):
 
 (a) ``UpdateSecretVersionStage`` moving AWSCURRENT also changes what

@@ -31,14 +31,14 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from rotating_pool.local._iam_token import check_token, signed_at
-from rotating_pool.local._process import LocalService, free_port
-from rotating_pool.local._wire import error_response, relay, startup_parameters
-from rotating_pool.local.tls import CertificateAuthority
+from rotating_pool.testing._iam_token import check_token, signed_at
+from rotating_pool.testing._process import LocalService, free_port
+from rotating_pool.testing._wire import error_response, relay, startup_parameters
+from rotating_pool.testing.tls import CertificateAuthority
 
 __all__ = ["LocalIamAuth", "pam_failed_message"]
 
-logger = logging.getLogger("rotating_pool.local")
+logger = logging.getLogger("rotating_pool.testing")
 
 _NAME = "RDS IAM auth stand-in"
 _PROTOCOL_3 = 196608

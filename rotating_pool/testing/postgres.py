@@ -31,17 +31,17 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import TupleRow
 
-from rotating_pool.local._process import (
+from rotating_pool.testing._process import (
     LocalService,
     end_process,
     free_port,
     wait_for_logins,
 )
-from rotating_pool.local.tls import CertificateAuthority
+from rotating_pool.testing.tls import CertificateAuthority
 
 __all__ = ["PG_BIN", "AppSchema", "LocalPostgres"]
 
-logger = logging.getLogger("rotating_pool.local")
+logger = logging.getLogger("rotating_pool.testing")
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 # The unprivileged OS user that Debian's postgresql-common creates; initdb and

@@ -22,7 +22,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError
 
-from rotating_pool.local._process import (
+from rotating_pool.testing._process import (
     POLL_INTERVAL,
     START_TIMEOUT,
     LocalService,
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 __all__ = ["LocalSecretsManager"]
 
-logger = logging.getLogger("rotating_pool.local")
+logger = logging.getLogger("rotating_pool.testing")
 
 REGION = "us-east-1"
 # moto accepts any credentials; boto3 needs some to sign requests.
@@ -55,7 +55,7 @@ class LocalSecretsManager(LocalService):
     ``aws:rds:primaryDBInstanceArn`` tag. Unlike AWS, moto 5.2 also lets a user
     put ``aws:``-prefixed tags on a secret, so tests can tag a secret as RDS would.
 
-    The child (`rotating_pool.local._moto_main`) patches moto where it departs
+    The child (`rotating_pool.testing._moto_main`) patches moto where it departs
     from AWS: moving AWSCURRENT changes what GetSecretValue returns;
     RotateSecret with a `rotating-pool-local*` Lambda ARN stages the rotation
     and invokes nothing; PutSecretValue refuses to change an existing version.
@@ -159,7 +159,7 @@ class LocalSecretsManager(LocalService):
         command = [
             sys.executable,
             "-m",
-            "rotating_pool.local._moto_main",
+            "rotating_pool.testing._moto_main",
             "--host",
             self.host,
             "--port",

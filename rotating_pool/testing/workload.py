@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 __all__ = ["WriteLoad", "WriteLoadResult", "static_url"]
 
-logger = logging.getLogger("rotating_pool.local")
+logger = logging.getLogger("rotating_pool.testing")
 
 TABLE = "rotating_pool_load"
 
