@@ -25,8 +25,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 import rotating_pool
 from benchmarks.bed import Bed, Secret
 from benchmarks.measure import Sample
-from rotating_pool.testing import FaultProxy
 from rotating_pool.sources import DEFAULT_CLIENT_CONFIG
+from rotating_pool.testing import FaultProxy
 
 __all__ = ["DRIVERS", "Timer", "async_engines", "available_drivers", "event_loop", "per_driver"]
 

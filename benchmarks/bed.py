@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import URL
 
+from rotating_pool.rotation import Rotator
 from rotating_pool.testing import (
     AppSchema,
     FaultProxy,
@@ -31,7 +32,6 @@ from rotating_pool.testing import (
     static_url,
 )
 from rotating_pool.testing.secretsmanager import REGION
-from rotating_pool.rotation import Rotator
 
 if TYPE_CHECKING:
     from mypy_boto3_secretsmanager import SecretsManagerClient

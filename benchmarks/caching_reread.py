@@ -20,10 +20,10 @@ import uuid
 
 from aws_secretsmanager_caching import SecretCache, SecretCacheConfig
 
-from rotating_pool.testing import FaultProxy, LocalSecretsManager
 from rotating_pool.reads import Read
 from rotating_pool.secret import AWSCURRENT, Credentials
 from rotating_pool.sources import SecretsManagerSource
+from rotating_pool.testing import FaultProxy, LocalSecretsManager
 
 
 def measure(rotations: int) -> dict[str, dict[str, int]]:

@@ -25,8 +25,8 @@ from sqlalchemy.engine import URL, Engine
 
 import rotating_pool
 from benchmarks.bed import Bed, Secret
-from rotating_pool.testing import FaultProxy
 from rotating_pool.sources import DEFAULT_CLIENT_CONFIG as ROTATING_POOL_CLIENT_CONFIG
+from rotating_pool.testing import FaultProxy
 
 __all__ = [
     "CLIENT_LABELS",

@@ -40,8 +40,8 @@ from benchmarks.clients import (
     wrapper_unavailable,
 )
 from benchmarks.measure import goal, percentile, summary
-from rotating_pool.testing import FaultProxy
 from rotating_pool.rotation import Rotator
+from rotating_pool.testing import FaultProxy
 
 # rotating_pool's first retry round starts at once; its smallest backoff wait is
 # 50 ms (half of RetryBudget's 0.1 s base). A median recovery within this margin

@@ -44,9 +44,9 @@ import psycopg
 from benchmarks.bed import Bed, Secret, start_bed
 from benchmarks.machine import describe, load_average
 from benchmarks.measure import percentile
-from rotating_pool.testing.secretsmanager import REGION
 from rotating_pool.rotation import STEPS, Rotator, lambda_handler
 from rotating_pool.rotation.handler import rotator_from_environment
+from rotating_pool.testing.secretsmanager import REGION
 
 __all__ = ["FULL", "QUICK", "Settings", "main", "run", "table"]
 

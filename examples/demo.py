@@ -20,9 +20,9 @@ from dataclasses import dataclass
 import sqlalchemy
 
 import rotating_pool
+from rotating_pool.rotation import Rotator
 from rotating_pool.testing import FaultProxy, LocalPostgres, LocalSecretsManager, static_url
 from rotating_pool.testing.workload import WriteLoad, WriteLoadResult
-from rotating_pool.rotation import Rotator
 
 
 @dataclass

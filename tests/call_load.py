@@ -13,8 +13,8 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
-from rotating_pool.testing.workload import WriteLoadResult
 from rotating_pool.rotation import Rotator
+from rotating_pool.testing.workload import WriteLoadResult
 
 WINDOW = 0.5  # seconds between testSecret and finishSecret: the rotation's own pace
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from rotating_pool.testing import LocalPostgres, LocalSecretsManager
 from rotating_pool.rotation import lambda_handler
+from rotating_pool.testing import LocalPostgres, LocalSecretsManager
 
 # The handler's settings (rotating_pool.rotation.handler); a test sets the ones it needs.
 SETTINGS = (

@@ -33,10 +33,10 @@ from rotating_pool import (
 from rotating_pool.agent import ENDPOINT_ENV, TOKEN_HEADER
 from rotating_pool.agent_token import MAX_TOKEN_BYTES
 from rotating_pool.engine import credential_store
+from rotating_pool.rotation import Rotator
 from rotating_pool.testing import LocalAgent
 from rotating_pool.testing._process import free_port
 from rotating_pool.testing.agent import SERVER_HEADER
-from rotating_pool.rotation import Rotator
 
 URL = "postgresql+psycopg://"
 PASSWORD_IN_A_BAD_ANSWER = "hunter2-in-a-bad-answer"

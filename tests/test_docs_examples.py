@@ -28,8 +28,8 @@ import pytest
 from sqlalchemy import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from rotating_pool.testing import LocalPostgres, LocalSecretsManager
 from rotating_pool.rotation.cli import main as rotating_pool_cli
+from rotating_pool.testing import LocalPostgres, LocalSecretsManager
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]

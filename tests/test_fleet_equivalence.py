@@ -21,8 +21,8 @@ from benchmarks.fleet_model import World, WorldConfig
 from benchmarks.fleet_services import Version
 from rotating_pool import AgentSource, CredentialStore, SecretsManagerSource
 from rotating_pool.core.plan import Refetch
-from rotating_pool.testing import LocalAgent
 from rotating_pool.secret import AWSCURRENT, AWSPENDING, Credentials
+from rotating_pool.testing import LocalAgent
 from tests.support import current_document, put_version
 
 WAIT = 20.0

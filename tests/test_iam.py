@@ -27,11 +27,11 @@ from rotating_pool import LoginRejectedError, RetryBudget
 from rotating_pool.connect import login
 from rotating_pool.engine import credential_store
 from rotating_pool.iam import IamAuth, IamCredentialsError, IamPlaintextError, IamTokenSource
-from rotating_pool.testing import LocalPostgres
-from rotating_pool.testing.iam import LocalIamAuth
 from rotating_pool.redact import _BOTOCORE_LOGGERS
 from rotating_pool.secret import Credentials
 from rotating_pool.store import CredentialStore
+from rotating_pool.testing import LocalPostgres
+from rotating_pool.testing.iam import LocalIamAuth
 from tests.support import set_password
 
 REGION = "us-east-1"

@@ -13,8 +13,8 @@ import pytest
 from sqlalchemy import text
 
 import rotating_pool
-from rotating_pool.testing.workload import WriteLoad
 from rotating_pool.rotation import Rotator
+from rotating_pool.testing.workload import WriteLoad
 from tests.support import RecordCounter
 
 URL = "postgresql+psycopg://"

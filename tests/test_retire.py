@@ -21,7 +21,6 @@ from sqlalchemy import event, text
 
 import rotating_pool
 from rotating_pool import ConfigurationError
-from rotating_pool.testing.workload import WriteLoad
 from rotating_pool.retire import (
     LOGIN_KEY,
     login_of,
@@ -32,6 +31,7 @@ from rotating_pool.retire import (
 )
 from rotating_pool.rotation import Rotator
 from rotating_pool.secret import Credentials
+from rotating_pool.testing.workload import WriteLoad
 
 _names = itertools.count(1)
 

@@ -17,8 +17,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from rotating_pool.testing import LocalPostgres
 from rotating_pool.rotation.cli import main
+from rotating_pool.testing import LocalPostgres
 
 _counter = itertools.count()
 

@@ -21,7 +21,6 @@ import pytest
 import sqlalchemy
 
 import rotating_pool
-from rotating_pool.testing import AppSchema, LocalPostgres
 from rotating_pool.rotation import (
     STEPS,
     DatabaseLoginError,
@@ -35,6 +34,7 @@ from rotating_pool.rotation import (
     TokenNotPendingError,
     lambda_handler,
 )
+from rotating_pool.testing import AppSchema, LocalPostgres
 from tests.rotation_env import invoke, set_lambda_env
 
 LOCAL_LAMBDA_ARN = "arn:aws:lambda:us-east-1:123456789012:function:rotating-pool-local-rotation"

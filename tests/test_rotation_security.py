@@ -21,14 +21,6 @@ from typing import Any
 import psycopg
 import pytest
 
-from rotating_pool.testing import (
-    AppSchema,
-    CertificateAuthority,
-    FaultProxy,
-    HostileServer,
-    LocalPostgres,
-    LocalSecretsManager,
-)
 from rotating_pool.rotation import (
     AdminHostError,
     AuthenticationMethodError,
@@ -49,6 +41,14 @@ from rotating_pool.rotation import (
 from rotating_pool.rotation.cli import main
 from rotating_pool.rotation.hosts import admin_login
 from rotating_pool.rotation.security import check_libpq
+from rotating_pool.testing import (
+    AppSchema,
+    CertificateAuthority,
+    FaultProxy,
+    HostileServer,
+    LocalPostgres,
+    LocalSecretsManager,
+)
 from tests.rotation_env import invoke, set_lambda_env
 
 LOCAL_LAMBDA_ARN = "arn:aws:lambda:us-east-1:123456789012:function:rotating-pool-local-security"

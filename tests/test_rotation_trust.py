@@ -25,7 +25,6 @@ import pytest
 from psycopg import sql
 
 from rotating_pool.errors import RotatingPoolError
-from rotating_pool.testing import AppSchema, HostileServer, LocalPostgres, LocalSecretsManager
 from rotating_pool.rotation import (
     STEPS,
     BootstrapPlan,
@@ -49,6 +48,7 @@ from rotating_pool.rotation.database import LoginOptions
 from rotating_pool.rotation.deadline import Deadline
 from rotating_pool.rotation.pin import RolePin
 from rotating_pool.rotation.status import CredentialSessions
+from rotating_pool.testing import AppSchema, HostileServer, LocalPostgres, LocalSecretsManager
 from tests.rotation_env import invoke, set_lambda_env
 
 LOCAL_LAMBDA_ARN = "arn:aws:lambda:us-east-1:123456789012:function:rotating-pool-local-trust"

@@ -14,8 +14,8 @@ import pytest
 import sqlalchemy
 
 import rotating_pool
-from rotating_pool.testing.workload import WriteLoad, static_url
 from rotating_pool.rotation import Rotator, lambda_handler
+from rotating_pool.testing.workload import WriteLoad, static_url
 from tests.support import current_document
 
 URL = "postgresql+psycopg://"

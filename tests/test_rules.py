@@ -36,8 +36,8 @@ from rotating_pool import (
     SecretsManagerUnavailableError,
 )
 from rotating_pool.engine import credential_store
-from rotating_pool.testing import HostileServer, LocalAgent
 from rotating_pool.secret import AWSCURRENT, AWSPENDING, Credentials
+from rotating_pool.testing import HostileServer, LocalAgent
 from tests.support import RecordCounter, current_document, put_version, set_password
 
 URL = "postgresql+psycopg://"

@@ -19,13 +19,13 @@ import sqlalchemy
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 import rotating_pool
+from rotating_pool.rotation import Rotator
 from rotating_pool.testing import (
     LocalPgBouncer,
     LocalRdsProxy,
     WriteLoad,
     static_url,
 )
-from rotating_pool.rotation import Rotator
 from tests.support import current_document
 from tests.test_rotation_under_load import WINDOW, pause_after
 

@@ -16,11 +16,11 @@ import psycopg
 import pytest
 
 import rotating_pool
+from rotating_pool.policy import Failure, classify_login_error
+from rotating_pool.rotation import Rotator
 from rotating_pool.testing import UnlistedRefusalPooler
 from rotating_pool.testing.unlisted import UNLISTED_WORDING
 from rotating_pool.testing.workload import WriteLoad
-from rotating_pool.policy import Failure, classify_login_error
-from rotating_pool.rotation import Rotator
 from tests.support import set_password
 from tests.test_rotation_under_load import WINDOW, pause_after
 from tests.test_stacks import login

@@ -72,8 +72,8 @@ from examples.fargate_sidecar.scene import (
 )
 from examples.fargate_sidecar.schedule import RotationSchedule
 from examples.fargate_sidecar.sessions import SessionSampler
-from rotating_pool.testing import LocalAgent, LocalPostgres, LocalSecretsManager
 from rotating_pool.retire import poll_interval
+from rotating_pool.testing import LocalAgent, LocalPostgres, LocalSecretsManager
 
 if TYPE_CHECKING:
     from mypy_boto3_secretsmanager import SecretsManagerClient

@@ -18,7 +18,6 @@ import json
 import urllib.parse
 from typing import TYPE_CHECKING
 
-from rotating_pool.testing import LocalPostgres
 from rotating_pool.rotation import (
     BootstrapPlan,
     BootstrapReport,
@@ -26,6 +25,7 @@ from rotating_pool.rotation import (
     Strategy,
     bootstrap,
 )
+from rotating_pool.testing import LocalPostgres
 
 if TYPE_CHECKING:
     from mypy_boto3_secretsmanager import SecretsManagerClient

@@ -18,8 +18,8 @@ from examples.fargate_sidecar.scene import (
     bootstrap_secret,
     current_username,
 )
-from rotating_pool.testing import LocalPostgres
 from rotating_pool.rotation import STEPS, Strategy, lambda_handler
+from rotating_pool.testing import LocalPostgres
 
 if TYPE_CHECKING:
     from mypy_boto3_secretsmanager import SecretsManagerClient
