@@ -453,14 +453,14 @@ def test_awspending_is_read_by_version_stage_while_a_single_user_rotation_is_hal
 def test_workers_behind_one_agent_cost_one_secrets_manager_read_per_rotation(
     make_secret, app_schema, sm_client, agent, count, together
 ):
-    """Worker processes' stores (separate refresh intervals make separate
-    stores), refused in every single-user rotation's window: the first asks the
+    """Worker processes' stores (a source of its own makes a store of its own,
+    as each process has), refused in every single-user rotation's window: the first asks the
     agent's cache, then refreshes AWSPENDING; the others find it cached. Refused
     together, they take turns: the agent does not coalesce concurrent misses."""
     arn = make_secret("single")
     workers = [
-        rotating_pool.create_engine(URL, secret_id=arn, source="agent", refresh_interval=3600 + n)
-        for n in range(count)
+        rotating_pool.create_engine(URL, secret_id=arn, source=rotating_pool.AgentSource(arn))
+        for _ in range(count)
     ]
     assert len({id(credential_store(engine)) for engine in workers}) == count
     for engine in workers:
