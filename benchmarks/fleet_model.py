@@ -25,6 +25,7 @@ backoff wait, until it is connected again.
 from __future__ import annotations
 
 import collections
+import functools
 import itertools
 import random
 from collections.abc import Callable
@@ -358,12 +359,14 @@ class Outcome:
 class Process:
     """One worker process's `CredentialStore` (see the module docstring)."""
 
-    __slots__ = ("current", "flights", "ledger", "source", "world")
+    __slots__ = ("changed_at", "current", "flights", "ledger", "source", "world")
 
     def __init__(self, world: World, source: DirectSource | AgentSource) -> None:
         self.world = world
         self.source = source
         self.current: Credentials = world.initial
+        # When the credentials in use replaced others (`CredentialStore.changed_ago`).
+        self.changed_at: float | None = None
         self.flights: dict[Credentials, list[Reply]] = {}
         self.ledger = Ledger()
 
@@ -408,13 +411,22 @@ class Process:
     def _finish(self, rejected: Credentials, result: Any) -> None:
         self.ledger = self.ledger.answered(rejected, result, self.world.loop.now)
         if isinstance(result, Credentials):
-            self.current = result
+            self._use(result)
         for waiter in self.flights.pop(rejected):
             waiter(result)
 
     def confirm(self, credentials: Credentials) -> None:
         """`CredentialStore.confirm`: credentials that logged in become the current ones."""
-        self.current = credentials
+        self._use(credentials)
+
+    def _use(self, credentials: Credentials) -> None:
+        if credentials != self.current:
+            self.current = credentials
+            self.changed_at = self.world.loop.now
+
+    def changed_ago(self) -> float | None:
+        """`CredentialStore.changed_ago`."""
+        return None if self.changed_at is None else self.world.loop.now - self.changed_at
 
     def refresh(self) -> None:
         """`CredentialStore._refresh`: adopt a new AWSCURRENT as the ledger allows."""
@@ -424,7 +436,7 @@ class Process:
             if isinstance(newer, Credentials) and self.ledger.refresh_may_adopt(
                 newer, self.current, held
             ):
-                self.current = newer
+                self._use(newer)
                 self.world.on_refresh(self)
 
         self.source.poll(held, got)
@@ -455,6 +467,15 @@ class WorldConfig:
         refresh_interval, agent_ttl, agent_timeout: the store's refresh
             interval, the agent's TTL, `AgentSource`'s timeout.
         use_pending: the store's `use_pending`.
+        unlisted_share, unlisted_for: a pooler in front of the database whose
+            refusal wording no list holds (``ERROR``, no SQLSTATE) refuses this
+            share of the logins with a password changed less than
+            `unlisted_for` seconds ago, though the database accepts them (its
+            server connections from before the change), as
+            `rotating_pool.testing.UnlistedRefusalPooler` does.
+        permanent_refusal: every login is refused with an error no list holds
+            (a missing CONNECT privilege): the plan's bound for unrecognised
+            refusals, not the whole deadline, ends each request.
         seed: the random seed.
     """
 
@@ -484,6 +505,9 @@ class WorldConfig:
     agent_ttl: float = 300.0
     agent_timeout: float = 2.0
     use_pending: bool = True
+    unlisted_share: float = 0.0
+    unlisted_for: float = 4.0
+    permanent_refusal: bool = False
     seed: int = 1
 
 
@@ -505,6 +529,7 @@ class World:
             combined=config.combined_quota,
         )
         self.db = Database()
+        self.changed_at: dict[str, float] = {}  # user -> when setSecret changed its password
         self._login = config.login_latency.sampler(self.rng)
         self._refused = config.refused_latency.sampler(self.rng)
         self._numbers = itertools.count(1)
@@ -564,6 +589,7 @@ class World:
     def _set_password(self, pending: Version) -> None:
         user = pending.credentials.username
         self.db.passwords[user] = pending.credentials.password
+        self.changed_at[user] = self.loop.now
         self.set_at.append(self.loop.now)
         for process in self.processes:
             if process.current.username == user:
@@ -601,17 +627,18 @@ class World:
             budget=self.config.budget,
             rng=self.rng,
             clock=lambda: loop.now,
+            changed_ago=process.changed_ago(),
         )
 
         def send(answer: Any) -> None:
             try:
                 action = plan.send(answer)
-            except LoginRejectedError:
-                out.failed += 1
-                out.stalls.append(loop.now - started)
-                return
             except StopIteration as stop:  # logged in: the plan says what follows
                 succeeded(stop.value)
+                return
+            except (LoginRejectedError, OSError):  # given up, or the driver's error raised
+                out.failed += 1
+                out.stalls.append(loop.now - started)
                 return
             step(action)
 
@@ -642,19 +669,44 @@ class World:
             loop.after(self._login() if accepted else self._refused(), lambda: ended(credentials))
 
         def ended(credentials: Credentials) -> None:
-            if not self.db.accepts(credentials):  # the server decides at the handshake's end
+            refusal = self._refusal(credentials)  # decided at the handshake's end
+            if refusal is not None:
                 out.refused_logins += 1
-                send(self.db.refusal(credentials))
+                send(refusal)
                 return
             send(None)
 
         step(next(plan))
+
+    def _refusal(self, credentials: Credentials) -> BaseException | None:
+        """What a login with `credentials` meets now: None when it is let in."""
+        if not self.db.accepts(credentials):
+            return self.db.refusal(credentials)
+        config = self.config
+        if config.permanent_refusal:
+            return OSError(f'FATAL:  permission denied for database "app" ({credentials.username})')
+        changed = self.changed_at.get(credentials.username)
+        if (
+            config.unlisted_share
+            and changed is not None
+            and self.loop.now - changed < config.unlisted_for
+            and self.rng.random() < config.unlisted_share
+        ):
+            return OSError("ERROR:  backend handshake not settled, try again later")
+        return None
 
     # -- running -------------------------------------------------------------------------
 
     def run(self, quiet: float = 1.0) -> Outcome:
         """Rotate `rotations` times from `quiet` seconds on; stop `settle` after the last."""
         every = self.config.rotation_every
+        if self.config.permanent_refusal:
+            # No rotation: every process's connections renew into the refusal.
+            for process in self.processes:
+                self.loop.after(quiet, functools.partial(self._wake, process))
+            self.set_at.append(quiet)
+            self.loop.run(quiet + self.config.settle)
+            return self.out
         for number in range(self.config.rotations):
             self.loop.after(quiet + number * every, self._rotate)
         self.loop.run(quiet + (self.config.rotations - 1) * every + self.config.settle)

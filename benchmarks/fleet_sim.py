@@ -4,6 +4,7 @@
     python -m benchmarks.fleet_sim --quick       # a short sweep that checks it works (CI)
     python -m benchmarks.fleet_sim --calibrate   # the local throttled fleet vs the simulator
     python -m benchmarks.fleet_sim --recommend   # retry budgets tried on 10,000 tasks x 4
+    python -m benchmarks.fleet_sim --refusals    # a refusal nobody listed, ridden out or bounded
 
 N tasks x W worker processes share one secret and one account's quotas
 (GetSecretValue 10,000 TPS, DescribeSecret 40,000 TPS). Each process's
@@ -87,6 +88,8 @@ def simulate(config: WorldConfig) -> dict[str, Any]:
         "refetch_joins": out.refetch_joins,
         "refetch_reuses": out.refetch_reuses,
         "refused_logins": out.refused_logins,
+        "unlisted_share": config.unlisted_share,
+        "permanent_refusal": config.permanent_refusal,
         "agent_ttl_calls_per_task_per_rotation": sm.purposes["agent_ttl"]
         / (config.tasks * rotations),
         "refresh_calls": sm.purposes["refresh"],
@@ -95,6 +98,46 @@ def simulate(config: WorldConfig) -> dict[str, Any]:
         "cpu_seconds": round(time.process_time() - cpu, 2),
     }
     return result
+
+
+def refusal_configs(tasks: int = 1_000, workers: int = 4) -> list[WorldConfig]:
+    """Issue 25's cases: a pooler whose refusal wording no list holds refuses a
+    third of the logins with a just-changed password for 4 s (both strategies,
+    three rotations), and a permanent unlisted refusal with no rotation."""
+    configs = [
+        WorldConfig(
+            tasks=tasks,
+            workers=workers,
+            strategy=strategy,
+            rotations=3,
+            unlisted_share=1 / 3,
+        )
+        for strategy in STRATEGIES
+    ]
+    configs.append(WorldConfig(tasks=tasks, workers=workers, permanent_refusal=True))
+    return configs
+
+
+def refusals_markdown(results: list[dict[str, Any]]) -> str:
+    """The refusal cases as a table."""
+    lines = [
+        "| case | strategy | tasks x workers | failed / stalled | stall p50 / p99 / max (s) "
+        "| calls per process per rotation |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        case = "permanent unlisted refusal, no rotation" if r["permanent_refusal"] else (
+            "unlisted pooler: 1/3 of new-password logins refused for 4 s"
+        )
+        per_process = r["recovery_calls_per_process_per_rotation"]
+        calls = "" if r["permanent_refusal"] else f"{per_process:.2f}"
+        lines.append(
+            f"| {case} | {'' if r['permanent_refusal'] else r['strategy']} "
+            f"| {r['tasks']:,} x {r['workers']} | {r['failed']:,} / {r['stalled_requests']:,} "
+            f"| {r['stall_p50_s']:.2f} / {r['stall_p99_s']:.2f} / {r['stall_max_s']:.2f} "
+            f"| {calls} |"
+        )
+    return "\n".join(lines)
 
 
 def _budget_dict(budget: RetryBudget) -> dict[str, Any]:
@@ -431,6 +474,9 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--quick", action="store_true", help="100 and 1,000 tasks only (CI)")
     mode.add_argument("--calibrate", action="store_true", help="local fleet vs simulator")
     mode.add_argument("--recommend", action="store_true", help="retry budgets on 10,000 x 4")
+    mode.add_argument(
+        "--refusals", action="store_true", help="a refusal nobody listed (1,000 x 4 tasks)"
+    )
     parser.add_argument("--output", type=Path, default=RESULTS, help="where to write results")
     parser.add_argument("--jobs", type=int, default=2, help="fleets simulated at once (cores)")
     parser.add_argument(
@@ -451,6 +497,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.calibrate:
         return calibrate(args.sdk_attempts)
     started = time.monotonic()
+    if args.refusals:
+        results = run_all(refusal_configs(), args.jobs)
+        table = refusals_markdown(results)
+        print("\n" + table)
+        _write(args.output / "fleet_sim_refusals.json", {"fleets": results})
+        (args.output / "fleet_sim_refusals.md").write_text(table + "\n")
+        print(f"wrote {args.output / 'fleet_sim_refusals'}.json and .md")
+        return 0
     if args.recommend:
         results = run_all(recommend_configs(args.scale), args.jobs)
         stem = "fleet_sim_recommend"

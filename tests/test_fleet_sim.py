@@ -76,3 +76,23 @@ def test_the_same_seed_gives_the_same_fleet() -> None:
     first, second = simulate(config), simulate(config)
     for key in ("stall_max_s", "throttled_calls", "calls", "refetch_joins"):
         assert first[key] == second[key]
+
+
+@pytest.mark.parametrize("strategy", ["single", "alternating"])
+def test_a_pooler_refusing_with_an_unlisted_wording_is_ridden_out(strategy: str) -> None:
+    # Issue 25's pooler: a third of the logins with a just-changed password are
+    # refused (ERROR, a wording no list holds) for 4 s after setSecret.
+    config = WorldConfig(tasks=50, workers=2, strategy=strategy, rotations=3, unlisted_share=1 / 3)
+    world = World(config)
+    out = world.run()
+    if strategy == "single":  # the new password is the one just changed: the pooler bites
+        assert out.refused_logins > out.recovered
+    assert out.failed == 0
+    assert out.recovered > 0
+
+
+def test_a_permanent_unlisted_refusal_fails_within_its_bound_not_the_deadline() -> None:
+    budget = RetryBudget()
+    out = World(WorldConfig(tasks=20, workers=2, permanent_refusal=True)).run()
+    assert out.failed == 20 * 2 * WorldConfig(tasks=0, workers=0).threads
+    assert max(out.stalls) < 3.5 < budget.deadline  # the 3 s window, not 20 s
