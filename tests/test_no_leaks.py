@@ -89,13 +89,12 @@ def test_botocore_debug_logs_leak_secret_values_unless_redacted(make_secret, sm_
     for name in ("botocore", "botocore.parsers", "botocore.endpoint"):
         caplog.set_level(logging.DEBUG, logger=name)
 
-    intervals = iter(range(3600, 3700))
-
     def logged_after_a_read() -> str:
         caplog.clear()
-        # Another refresh_interval each time: engines with the same options would
-        # share credentials already read, and read nothing.
-        engine = rotating_pool.create_engine(URL, secret_id=arn, refresh_interval=next(intervals))
+        # A source of its own each time: engines on one secret and source share
+        # one store, whose credentials are read already, and would read nothing.
+        source = rotating_pool.SecretsManagerSource(arn)
+        engine = rotating_pool.create_engine(URL, secret_id=arn, source=source)
         engine.connect().close()
         return "\n".join(record.getMessage() for record in caplog.records)
 
