@@ -16,6 +16,7 @@ __all__ = [
     "AuthenticationMethodError",
     "DatabaseLoginError",
     "DatabaseUnavailableError",
+    "IamRoleMissingError",
     "LoginAttempt",
     "PasswordChangeError",
     "PrivilegedRoleError",
@@ -158,6 +159,13 @@ class PrivilegedRoleError(RotationConfigError):
     """bootstrap refused to touch an existing role: it is privileged (or a
     member of a privileged role), it is the admin itself, or the group role can
     log in. Nothing was changed."""
+
+
+class IamRoleMissingError(RotationConfigError):
+    """bootstrap was asked for a people account but the server has no
+    ``rds_iam`` role to grant it. RDS creates that role; a plain PostgreSQL
+    does not, and without it the account could not log in with IAM tokens.
+    Nothing was changed."""
 
 
 class RoleRefusedError(RotationConfigError):
