@@ -345,3 +345,21 @@ def test_bad_people_arguments_are_typed_errors(
 ) -> None:
     run = cli("bootstrap", "--admin-secret-id", "people-tests/none", *argv)
     assert run.code == 2 and words in run.err, run.err
+
+
+def test_a_hostile_iam_user_name_is_escaped_in_the_status_text(
+    cli: Callable[..., Run], names: Names, tls_postgres: LocalPostgres
+) -> None:
+    """Anyone with CREATEROLE may name a role; the terminal must not obey it."""
+    assert cli(*app_args(names)).code == 0
+    hostile = f"pp_{names.group}\x1b]0;owned\x07"
+    create_role(tls_postgres, hostile, "LOGIN IN ROLE rds_iam")
+    try:
+        text = cli("status", "--secret-id", names.app_secret).out
+        listed = json.loads(cli("status", "--secret-id", names.app_secret, "--json").out)
+    finally:
+        with tls_postgres.admin_connect() as conn:
+            conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(hostile)))
+    assert "\x1b" not in text and "\x07" not in text
+    assert "\\x1b]0;owned\\x07" in text.split("IAM-ONLY USERS", 1)[1]
+    assert hostile in {u["username"] for u in listed["iam_users"]}
