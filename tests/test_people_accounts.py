@@ -219,6 +219,20 @@ def test_a_rerun_is_idempotent_and_an_existing_password_is_removed(
         assert "old-password-of-ana" not in run.out + run.err
 
 
+def test_one_run_sets_up_the_app_and_its_people_accounts(
+    cli: Callable[..., Run], names: Names, tls_postgres: LocalPostgres, sm_client: Any
+) -> None:
+    both = [*app_args(names), *people_args(names)[1:]]
+    run = cli(*both)
+    assert run.code == 0, run.err
+    assert f"app secret {names.app_secret!r}: created" in run.out
+    assert "people accounts (IAM only, no password)" in run.out
+    assert (names.people[0], "rds_iam") in catalog(tls_postgres, names)["members"]
+    document = json.loads(sm_client.get_secret_value(SecretId=names.app_secret)["SecretString"])
+    assert document["username"] == f"{names.app_role}_a"  # the secret is the app's alone
+    assert not set(names.people) & set(document.get("rotation_users", []))
+
+
 def test_print_sql_changes_nothing_and_holds_no_password(
     cli: Callable[..., Run], names: Names, tls_postgres: LocalPostgres
 ) -> None:
@@ -314,6 +328,7 @@ def test_the_pin_applies_to_people_users(
     run = cli(*people_args(names), "--allowed-role", names.people[0])
     assert run.code == 2
     assert "--allowed-role" in run.err and names.people[1] in run.err
+    assert "secret None" not in run.err  # people accounts have no secret to name
     _unchanged(tls_postgres, names)
 
 

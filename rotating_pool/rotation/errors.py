@@ -35,6 +35,12 @@ __all__ = [
 ]
 
 
+def secret_prefix(secret_id: str | None) -> str:
+    """``secret 'ID': `` to start a message about `secret_id`; nothing when the
+    message is about no secret (bootstrap's people accounts have none)."""
+    return "" if secret_id is None else f"secret {secret_id!r}: "
+
+
 class RotationError(RotatingPoolError):
     """Base class of the rotation side's errors.
 

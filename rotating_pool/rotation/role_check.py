@@ -40,7 +40,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 
 from rotating_pool.rotation.database import Login
-from rotating_pool.rotation.errors import RoleRefusedError
+from rotating_pool.rotation.errors import RoleRefusedError, secret_prefix
 
 __all__ = ["ROLE_CHECK_SQL", "RoleProblem", "check_role_to_rotate", "role_problems"]
 
@@ -220,7 +220,7 @@ def check_role_to_rotate(
         ", ".join(checks),
     )
     raise RoleRefusedError(
-        f"secret {secret_id!r}: refusing to change the password of {user!r}: {said}. Nothing "
+        f"{secret_prefix(secret_id)}refusing to change the password of {user!r}: {said}. Nothing "
         "was changed. A rotation changes only the application's own unprivileged users: if "
         "the secret was edited by someone else, restore it; otherwise fix the roles "
         "(rotating-pool bootstrap checks them too)",
