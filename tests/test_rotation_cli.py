@@ -135,7 +135,7 @@ def test_bootstrap_rotate_status_alternating(
     users = {u["username"]: u for u in state["users"]}
     assert users[a] | {"sessions": 0} == {
         "username": a, "exists": True, "can_login": True, "password_works": True,
-        "working_stages": ["AWSCURRENT"], "sessions": 0,
+        "working_stages": ["AWSCURRENT"], "sessions": 0, "iam_only": False,
     }  # fmt: skip
     assert users[b]["exists"] and not users[b]["password_works"]
 

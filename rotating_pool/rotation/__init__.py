@@ -16,9 +16,10 @@ Layout: `rotator` (the four steps, with the label checks), `strategies` (what
 each strategy does at createSecret and setSecret), `role_check` and `pin` (which
 roles a rotation may change: see docs/guides/rotation-trust.md),
 `local_rotation` (one whole rotation without a Lambda), `handler` (the Lambda
-entry point), `bootstrap`, `status` (gathering) and `status_text` (rendering),
-`cli`; below them `database`, `security`, `hosts`, `password`, `versions`,
-`settings`, `deadline`, `clients`, `errors`.
+entry point), `bootstrap`, `people` (IAM-only people accounts), `status`
+(gathering) and `status_text` (rendering), `cli`; below them `database`,
+`security`, `hosts`, `password`, `versions`, `settings`, `deadline`,
+`clients`, `errors`.
 
 >>> from rotating_pool.rotation import Rotator
 >>> rotator = Rotator()
@@ -38,6 +39,7 @@ from rotating_pool.rotation.errors import (
     AuthenticationMethodError,
     DatabaseLoginError,
     DatabaseUnavailableError,
+    IamRoleMissingError,
     LoginAttempt,
     PasswordChangeError,
     PrivilegedRoleError,
@@ -55,6 +57,7 @@ from rotating_pool.rotation.errors import (
     TokenNotPendingError,
 )
 from rotating_pool.rotation.handler import lambda_handler, rotator_from_environment
+from rotating_pool.rotation.people import PeoplePlan, PeopleReport, bootstrap_people
 from rotating_pool.rotation.rotator import (
     DEFAULT_EXCLUDE_CHARACTERS,
     STEPS,
@@ -63,7 +66,13 @@ from rotating_pool.rotation.rotator import (
 )
 from rotating_pool.rotation.security import SecuritySettings
 from rotating_pool.rotation.settings import RotationSettings, Strategy
-from rotating_pool.rotation.status import SecretStatus, UserStatus, VersionStatus, secret_status
+from rotating_pool.rotation.status import (
+    IamUser,
+    SecretStatus,
+    UserStatus,
+    VersionStatus,
+    secret_status,
+)
 from rotating_pool.rotation.strategies import StepOutcome
 
 __all__ = [
@@ -75,8 +84,12 @@ __all__ = [
     "BootstrapReport",
     "DatabaseLoginError",
     "DatabaseUnavailableError",
+    "IamRoleMissingError",
+    "IamUser",
     "LoginAttempt",
     "PasswordChangeError",
+    "PeoplePlan",
+    "PeopleReport",
     "PrivilegedRoleError",
     "RoleRefusedError",
     "RoleSetupError",
@@ -100,6 +113,7 @@ __all__ = [
     "UserStatus",
     "VersionStatus",
     "bootstrap",
+    "bootstrap_people",
     "bootstrap_sql",
     "lambda_handler",
     "rotator_from_environment",

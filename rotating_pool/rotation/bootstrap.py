@@ -161,24 +161,53 @@ def bootstrap_sql(
     >>> print(bootstrap_sql("app", ["app_a"], "appdb")[-1])
     GRANT USAGE, CREATE ON SCHEMA "public" TO "app";
     """
+    return group_scheme_sql(role, users, dbname, schema, schema_privileges=("USAGE", "CREATE"))
+
+
+def group_scheme_sql(
+    role: str,
+    users: Sequence[str],
+    dbname: str,
+    schema: str,
+    *,
+    schema_privileges: Sequence[str],
+    also_grant: Sequence[str] = (),
+    no_password: bool = False,
+) -> list[str]:
+    """The statements of a group-role scheme (`bootstrap_sql`'s, and people
+    accounts' in `rotating_pool.rotation.people`): the privilege check, the
+    NOLOGIN `role`, each of `users` a LOGIN member of it (and of `also_grant`)
+    starting its sessions as `role`; CONNECT and `schema_privileges` for `role`.
+
+    `no_password`: ``PASSWORD NULL`` on every user (IAM-only accounts keep no
+    password a leaked copy of could still open).
+    """
     role_id = sql.Identifier(role)
     statements = [privilege_check_sql(role, users), _create_role_if_missing(role, login=False)]
     for user in users:
         user_id = sql.Identifier(user)
+        statements.append(_create_role_if_missing(user, login=True))
+        if no_password:
+            statements.append(
+                _render(sql.SQL("ALTER ROLE {} WITH LOGIN PASSWORD NULL;").format(user_id))
+            )
         statements += [
-            _create_role_if_missing(user, login=True),
-            _render(sql.SQL("GRANT {} TO {};").format(role_id, user_id)),
-            # `role` as a per-user default: every session of the user starts as
-            # the group role, so what it creates is owned by the group role.
-            _render(sql.SQL("ALTER ROLE {} SET role TO {};").format(user_id, sql.Literal(role))),
+            _render(sql.SQL("GRANT {} TO {};").format(sql.Identifier(name), user_id))
+            for name in (*also_grant, role)
         ]
+        # `role` as a per-user default: every session of the user starts as
+        # the group role, so what it creates is owned by the group role.
+        statements.append(
+            _render(sql.SQL("ALTER ROLE {} SET role TO {};").format(user_id, sql.Literal(role)))
+        )
+    privileges = sql.SQL(", ").join(sql.SQL(p) for p in schema_privileges)
     statements += [
         _render(
             sql.SQL("GRANT CONNECT ON DATABASE {} TO {};").format(sql.Identifier(dbname), role_id)
         ),
         _render(
-            sql.SQL("GRANT USAGE, CREATE ON SCHEMA {} TO {};").format(
-                sql.Identifier(schema), role_id
+            sql.SQL("GRANT {} ON SCHEMA {} TO {};").format(
+                privileges, sql.Identifier(schema), role_id
             )
         ),
     ]

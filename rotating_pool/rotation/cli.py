@@ -32,6 +32,7 @@ from rotating_pool.rotation.bootstrap import (
 from rotating_pool.rotation.clients import make_secretsmanager_client
 from rotating_pool.rotation.deadline import MAX_SECONDS, check_seconds
 from rotating_pool.rotation.errors import RotationConfigError
+from rotating_pool.rotation.people import PeoplePlan, bootstrap_people, people_sql
 from rotating_pool.rotation.rotator import DEFAULT_EXCLUDE_CHARACTERS, Rotator
 from rotating_pool.rotation.security import SYSTEM_ROOT_CERT, SecuritySettings
 from rotating_pool.rotation.settings import Strategy
@@ -97,10 +98,15 @@ def _parser() -> argparse.ArgumentParser:
         description=(
             "Create the NOLOGIN group role that owns the objects, its login user(s) (members "
             "with `SET role` to it), the grants it needs, and create or update the app secret. "
+            "With --people-user, also (or only) people accounts: LOGIN roles with no password, "
+            "members of rds_iam and of --people-role, which log in with IAM auth tokens. "
             "Runs as the admin whose credentials are in --admin-secret-id. Safe to re-run."
         ),
     )
-    boot.add_argument("--secret-name", required=True, help="the app secret to create or update")
+    boot.add_argument(
+        "--secret-name",
+        help="the app secret to create or update (required unless only --people-user is given)",
+    )
     boot.add_argument(
         "--admin-secret-id",
         required=True,
@@ -130,6 +136,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     boot.add_argument(
         "--schema", default="public", help="schema the role creates objects in (default: public)"
+    )
+    boot.add_argument(
+        "--people-user",
+        action="append",
+        metavar="USER",
+        help="a people account to create: LOGIN, no password, a member of rds_iam and of "
+        "--people-role, so it logs in with IAM auth tokens only (repeatable)",
+    )
+    boot.add_argument(
+        "--people-role",
+        metavar="GROUP",
+        help="the NOLOGIN group role holding the people accounts' privileges "
+        "(required with --people-user)",
     )
     boot.add_argument(
         "--print-sql",
@@ -265,6 +284,61 @@ def _security(args: argparse.Namespace) -> SecuritySettings:
 
 
 def _bootstrap(args: argparse.Namespace) -> int:
+    people = _people_plan(args)
+    if args.secret_name is None:
+        if people is None:
+            raise RotationConfigError(
+                "give --secret-name (the app secret), --people-user, or both", key="secret_name"
+            )
+        return _bootstrap_people(args, people)
+    code = _bootstrap_app(args)
+    return code if people is None else _bootstrap_people(args, people)
+
+
+def _people_plan(args: argparse.Namespace) -> PeoplePlan | None:
+    if not args.people_user:
+        if args.people_role is not None:
+            raise RotationConfigError("--people-role needs --people-user", key="people_role")
+        return None
+    if args.people_role is None:
+        raise RotationConfigError(
+            "--people-user needs --people-role GROUP (the NOLOGIN role holding their privileges)",
+            key="people_role",
+        )
+    return PeoplePlan(
+        admin_secret_id=args.admin_secret_id,
+        role=args.people_role,
+        users=tuple(args.people_user),
+        dbname=args.dbname,
+        schema=args.schema,
+    )
+
+
+def _bootstrap_people(args: argparse.Namespace, plan: PeoplePlan) -> int:
+    if args.print_sql:
+        dbname = plan.dbname or _admin_dbname(plan.admin_secret_id)
+        print(f"-- people accounts (IAM auth tokens only, no password), in database {dbname!r}:")
+        for statement in people_sql(plan.role, plan.users, dbname, plan.schema):
+            print(statement)
+        return 0
+    report = bootstrap_people(
+        plan, _client(), connect_timeout=args.connect_timeout, security=_security(args)
+    )
+    created = ", ".join(repr(r) for r in report.roles_created) or "none (all existed)"
+    print(f"people roles created: {created}")
+    print(
+        f"people accounts (IAM only, no password): {', '.join(map(repr, report.users))} "
+        f"in group {plan.role!r}"
+    )
+    return 0
+
+
+def _admin_dbname(admin_secret_id: str) -> str:
+    admin = SecretVersions(_client(), admin_secret_id).read_required(AWSCURRENT)
+    return admin.credentials.dbname or "postgres"
+
+
+def _bootstrap_app(args: argparse.Namespace) -> int:
     plan = BootstrapPlan(
         secret_name=args.secret_name,
         admin_secret_id=args.admin_secret_id,
@@ -278,10 +352,7 @@ def _bootstrap(args: argparse.Namespace) -> int:
         create_database=args.create_database,
     )
     if args.print_sql:
-        dbname = plan.dbname
-        if dbname is None:
-            admin = SecretVersions(_client(), plan.admin_secret_id).read_required(AWSCURRENT)
-            dbname = admin.credentials.dbname or "postgres"
+        dbname = plan.dbname or _admin_dbname(plan.admin_secret_id)
         print(f"-- rotating-pool bootstrap: {plan.strategy.value} strategy, run as the admin")
         print(
             "-- first, a check that changes nothing: it fails on existing roles that are "

@@ -16,6 +16,7 @@ __all__ = [
     "AuthenticationMethodError",
     "DatabaseLoginError",
     "DatabaseUnavailableError",
+    "IamRoleMissingError",
     "LoginAttempt",
     "PasswordChangeError",
     "PrivilegedRoleError",
@@ -32,6 +33,12 @@ __all__ = [
     "TokenNotFoundError",
     "TokenNotPendingError",
 ]
+
+
+def secret_prefix(secret_id: str | None) -> str:
+    """``secret 'ID': `` to start a message about `secret_id`; nothing when the
+    message is about no secret (bootstrap's people accounts have none)."""
+    return "" if secret_id is None else f"secret {secret_id!r}: "
 
 
 class RotationError(RotatingPoolError):
@@ -158,6 +165,13 @@ class PrivilegedRoleError(RotationConfigError):
     """bootstrap refused to touch an existing role: it is privileged (or a
     member of a privileged role), it is the admin itself, or the group role can
     log in. Nothing was changed."""
+
+
+class IamRoleMissingError(RotationConfigError):
+    """bootstrap was asked for a people account but the server has no
+    ``rds_iam`` role to grant it. RDS creates that role; a plain PostgreSQL
+    does not, and without it the account could not log in with IAM tokens.
+    Nothing was changed."""
 
 
 class RoleRefusedError(RotationConfigError):

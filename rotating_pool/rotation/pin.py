@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from rotating_pool.rotation.errors import RoleRefusedError, RotationConfigError
+from rotating_pool.rotation.errors import RoleRefusedError, RotationConfigError, secret_prefix
 
 __all__ = ["RolePin"]
 
@@ -85,7 +85,7 @@ class RolePin:
             return
         allowed = sorted(self.names) + sorted(p + "*" for p in self.prefixes)
         raise RoleRefusedError(
-            f"secret {secret_id!r}: the user {role!r} is outside the roles this rotation "
+            f"{secret_prefix(secret_id)}the user {role!r} is outside the roles this rotation "
             f"function may change ({self.setting}: {', '.join(allowed)}); nothing was changed. "
             "If the secret is right, the deployer adds the role to that setting",
             secret_id=secret_id,

@@ -36,10 +36,11 @@ implicit for a database's owner), so owning the app's database is allowed.
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from rotating_pool.rotation.database import Login
-from rotating_pool.rotation.errors import RoleRefusedError
+from rotating_pool.rotation.errors import RoleRefusedError, secret_prefix
 
 __all__ = ["ROLE_CHECK_SQL", "RoleProblem", "check_role_to_rotate", "role_problems"]
 
@@ -182,20 +183,26 @@ def check_role_to_rotate(
     as_admin: bool,
     nologin_ok: bool,
     secret_id: str | None,
+    ignore: Collection[str] = (),
 ) -> None:
     """Refuse, before any ``ALTER ROLE``, a role a rotation must not change.
 
     Args:
         as_admin: `conn` is the admin's session (its ``session_user`` is the admin).
+        ignore: checks not to refuse on (bootstrap is about to settle them).
         others: see `role_problems`.
 
     Raises:
         RoleRefusedError: naming every failed check; nothing was changed.
     """
     admin = conn.info.user if as_admin else None
-    problems = role_problems(
-        conn, user, group=group, current=current, admin=admin, nologin_ok=nologin_ok
-    )
+    problems = [
+        p
+        for p in role_problems(
+            conn, user, group=group, current=current, admin=admin, nologin_ok=nologin_ok
+        )
+        if p.check not in ignore
+    ]
     if not problems:
         return
     names = {"user": user, "rotation_role": group, "current": current}
@@ -213,7 +220,7 @@ def check_role_to_rotate(
         ", ".join(checks),
     )
     raise RoleRefusedError(
-        f"secret {secret_id!r}: refusing to change the password of {user!r}: {said}. Nothing "
+        f"{secret_prefix(secret_id)}refusing to change the password of {user!r}: {said}. Nothing "
         "was changed. A rotation changes only the application's own unprivileged users: if "
         "the secret was edited by someone else, restore it; otherwise fix the roles "
         "(rotating-pool bootstrap checks them too)",

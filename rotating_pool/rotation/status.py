@@ -6,7 +6,9 @@ For each labelled version of the secret: its labels, the user it names and
 whether its password logs in. For each database user: whether the role
 exists, may log in (``rolcanlogin``), which versions' passwords it accepts,
 and how many sessions it has open (``pg_stat_activity``, leaving out the
-rotation's own sessions).
+rotation's own sessions). And the database's IAM-only users: login roles that
+are members of ``rds_iam`` (on RDS they log in only with IAM auth tokens; the
+people accounts `rotating_pool.rotation.people` makes), with their group roles.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from rotating_pool.rotation.errors import (
     TLSSetupError,
 )
 from rotating_pool.rotation.hosts import admin_login
+from rotating_pool.rotation.people import IAM_ROLE
 from rotating_pool.rotation.security import SecuritySettings, tls_wanted
 from rotating_pool.rotation.settings import RotationSettings
 from rotating_pool.rotation.status_text import render_status
@@ -42,6 +45,7 @@ _LOGIN_FAILURES = (DatabaseUnavailableError, TLSSetupError, AuthenticationMethod
 
 __all__ = [
     "CredentialSessions",
+    "IamUser",
     "SecretStatus",
     "UserStatus",
     "VersionStatus",
@@ -83,6 +87,8 @@ class UserStatus:
         can_login: ``rolcanlogin``; None when unknown.
         working_stages: labels of the versions whose password this user accepts.
         sessions: sessions open as this user (session user), None when unknown.
+        iam_only: a member of ``rds_iam``, so on RDS its password is refused
+            and only IAM auth tokens log in; None when unknown.
     """
 
     username: str
@@ -90,11 +96,25 @@ class UserStatus:
     can_login: bool | None
     working_stages: tuple[str, ...]
     sessions: int | None
+    iam_only: bool | None = None
 
     @property
     def password_works(self) -> bool:
         """Whether some labelled version's password logs in as this user."""
         return bool(self.working_stages)
+
+
+@dataclass(frozen=True)
+class IamUser:
+    """A login role of the database that is a member of ``rds_iam`` (IAM-only).
+
+    Attributes:
+        username: the role name.
+        groups: the roles it is a direct member of, ``rds_iam`` left out.
+    """
+
+    username: str
+    groups: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -136,6 +156,8 @@ class SecretStatus:
             (see `CredentialSessions`); empty when the database was not queried.
         current_since: when the AWSCURRENT version was created: sessions of its
             user opened earlier are on superseded credentials.
+        iam_users: the database's IAM-only login roles (see `IamUser`); empty
+            when the database was not queried or has none.
     """
 
     secret_id: str
@@ -150,6 +172,7 @@ class SecretStatus:
     database_error: str | None = None
     credential_sessions: tuple[CredentialSessions, ...] = ()
     current_since: datetime.datetime | None = None
+    iam_users: tuple[IamUser, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (no password in it)."""
@@ -181,8 +204,12 @@ class SecretStatus:
                     "password_works": u.password_works,
                     "working_stages": list(u.working_stages),
                     "sessions": u.sessions,
+                    "iam_only": u.iam_only,
                 }
                 for u in self.users
+            ],
+            "iam_users": [
+                {"username": i.username, "groups": list(i.groups)} for i in self.iam_users
             ],
             **_credential_sessions_json(self),
         }
@@ -295,9 +322,11 @@ def secret_status(
     current_row = next((row for row in rows if AWSCURRENT in row.stages), None)
     current_since = _created(client, secret_id, current_row) if current_row else None
     by_credentials: tuple[CredentialSessions, ...] = ()
+    iam_users: tuple[IamUser, ...] = ()
     if query_conn is not None:
         with query_conn:
             roles, sessions = _roles_and_sessions(query_conn, usernames)
+            iam_users = _iam_users(query_conn)
             master_arn = settings.master_arn if settings else None
             by_credentials = _credential_sessions(
                 query_conn,
@@ -323,6 +352,7 @@ def secret_status(
             can_login=roles.get(name) if known else None,
             working_stages=tuple(working.get(name, ())),
             sessions=sessions.get(name, 0) if known else None,
+            iam_only=any(i.username == name for i in iam_users) if known else None,
         )
         for name in usernames
     )
@@ -339,6 +369,7 @@ def secret_status(
         database_error=database_error,
         credential_sessions=by_credentials,
         current_since=current_since,
+        iam_users=iam_users,
     )
 
 
@@ -388,6 +419,23 @@ def _roles_and_sessions(
         )
     }
     return roles, sessions
+
+
+def _iam_users(conn: Login) -> tuple[IamUser, ...]:
+    # Through pg_auth_members, not pg_has_role('rds_iam'): a server without
+    # the role answers no rows instead of an error.
+    rows = conn.execute(
+        "SELECT r.rolname, coalesce(array_agg(g.rolname ORDER BY g.rolname)"
+        "   FILTER (WHERE g.rolname IS NOT NULL), '{}')"
+        " FROM pg_catalog.pg_roles r"
+        " JOIN pg_catalog.pg_auth_members i ON i.member = r.oid"
+        " JOIN pg_catalog.pg_roles iam ON iam.oid = i.roleid AND iam.rolname = %s"
+        " LEFT JOIN pg_catalog.pg_auth_members m ON m.member = r.oid AND m.roleid <> iam.oid"
+        " LEFT JOIN pg_catalog.pg_roles g ON g.oid = m.roleid"
+        " WHERE r.rolcanlogin GROUP BY r.rolname ORDER BY r.rolname",
+        [IAM_ROLE],
+    ).fetchall()
+    return tuple(IamUser(str(name), tuple(map(str, groups))) for name, groups in rows)
 
 
 # -- sessions on current and superseded credentials ---------------------------------

@@ -74,7 +74,7 @@ def render_status(status: SecretStatus) -> str:
     )
     lines.append("")
     lines += _table(
-        ["USER", "EXISTS", "CAN LOGIN", "PASSWORD WORKS", "SESSIONS"],
+        ["USER", "EXISTS", "CAN LOGIN", "PASSWORD WORKS", "SESSIONS", "IAM ONLY"],
         [
             [
                 _name(u.username),
@@ -82,11 +82,13 @@ def render_status(status: SecretStatus) -> str:
                 _yes_no(u.can_login),
                 f"yes ({', '.join(u.working_stages)})" if u.working_stages else "no",
                 "?" if u.sessions is None else str(u.sessions),
+                _yes_no(u.iam_only),
             ]
             for u in status.users
         ],
     )
     lines += _render_credential_sessions(status)
+    lines += _render_iam_users(status)
     return "\n".join(lines)
 
 
@@ -105,6 +107,22 @@ def _render_credential_sessions(status: SecretStatus) -> list[str]:
             [
                 [_name(s.username), str(s.current), str(s.superseded), str(s.unknown)]
                 for s in status.credential_sessions
+            ],
+        ),
+    ]
+
+
+def _render_iam_users(status: SecretStatus) -> list[str]:
+    if not status.iam_users:
+        return []
+    return [
+        "",
+        "IAM-ONLY USERS (members of rds_iam: on RDS they log in with IAM auth tokens only)",
+        *_table(
+            ["USER", "MEMBER OF"],
+            [
+                [_name(i.username), ", ".join(_name(g) for g in i.groups) or "-"]
+                for i in status.iam_users
             ],
         ),
     ]

@@ -312,6 +312,17 @@ class LocalPostgres(LocalService):
             _set_password(conn, name, password)
         return {**self.admin_document(), "username": name, "password": password}
 
+    def create_rds_iam_role(self) -> None:
+        """Create, if missing, a plain NOLOGIN ``rds_iam`` role standing in for
+        RDS's: there, its members log in only with IAM auth tokens
+        (https://docs.aws.amazon.com/AmazonRDS/latest/UserGuide/UsingWithRDS.IAMDBAuth.DBAccounts.html);
+        here it is only a name to grant, and this server checks no token."""
+        with self.admin_connect() as conn:
+            conn.execute(
+                "DO $$BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'rds_iam')"
+                " THEN CREATE ROLE rds_iam NOLOGIN; END IF; END$$"
+            )
+
     def create_app_schema(
         self,
         role: str = "app",
