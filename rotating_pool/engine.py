@@ -244,7 +244,7 @@ def attach(
     elif secret_id is None:
         raise ConfigurationError("secret_id is required (the secret's name or ARN), or pass iam=")
     else:
-        store = _store_for(secret_id, client, refresh_interval, use_pending, source)
+        store = store_for(secret_id, client, refresh_interval, use_pending, source)
     if retry is None:
         retry = RetryBudget()
     elif not isinstance(retry, RetryBudget):
@@ -294,7 +294,7 @@ def _sync_engine_of(engine: Any) -> Engine:
     return sync_engine
 
 
-def _store_for(
+def store_for(
     secret_id: str,
     client: SecretsManagerClient | None,
     refresh_interval: float,
@@ -358,7 +358,7 @@ def _iam_store(
     check_url_tls(engine.dialect.create_connect_args(url)[1], engine.dialect.driver, auth)
     base = None if secret_id is None else _make_source(secret_id, client, None)
     made = IamTokenSource(url.username, url.host, url.port, url.database, auth=auth, base=base)
-    return _store_for(made.secret_id, None, POLL_INTERVAL, False, made)
+    return store_for(made.secret_id, None, POLL_INTERVAL, False, made)
 
 
 def _make_source(

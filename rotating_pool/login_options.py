@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from rotating_pool.core.plan import RetryBudget
 from rotating_pool.core.retirement import validate_retire_after
-from rotating_pool.engine import DEFAULT_REFRESH_INTERVAL, SourceName, _store_for
+from rotating_pool.engine import DEFAULT_REFRESH_INTERVAL, SourceName, store_for
 from rotating_pool.errors import ConfigurationError
 from rotating_pool.sources import SecretSource
 
@@ -108,6 +108,6 @@ class LoginOptions:
 
     def store(self) -> CredentialStore:
         """The process's store for this secret and source (made on first use)."""
-        return _store_for(
+        return store_for(
             self.secret_id, self.client, self.refresh_interval, self.use_pending, self.source
         )

@@ -326,7 +326,7 @@ def bootstrap(
             )
         }
         for statement in statements:
-            _run_checked(conn, statement)
+            run_checked(conn, statement)
         created = tuple(n for n in names if n not in existing)
         if created:
             logger.info("bootstrap: created roles %s", ", ".join(repr(n) for n in created))
@@ -440,7 +440,7 @@ def _create_database_if_missing(
         secret_id=secret_id,
     )
     with conn:
-        _run_checked(conn, guard)  # nothing is created for roles that will be refused
+        run_checked(conn, guard)  # nothing is created for roles that will be refused
         exists = conn.execute(
             "SELECT 1 FROM pg_catalog.pg_database WHERE datname = %s", [dbname]
         ).fetchone()
@@ -471,7 +471,7 @@ def _current_app_secret(versions: SecretVersions) -> dict[str, Any] | None:
     return None if current is None else current.document
 
 
-def _run_checked(conn: Login, statement: str) -> None:
+def run_checked(conn: Login, statement: str) -> None:
     """Run one bootstrap statement; the privilege check's refusal becomes
     PrivilegedRoleError."""
     try:

@@ -30,7 +30,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from rotating_pool.rotation.bootstrap import _run_checked, group_scheme_sql
+from rotating_pool.rotation.bootstrap import group_scheme_sql, run_checked
 from rotating_pool.rotation.clients import make_rds_client
 from rotating_pool.rotation.database import Login, LoginOptions, login
 from rotating_pool.rotation.errors import IamRoleMissingError, RotationConfigError
@@ -175,10 +175,10 @@ def bootstrap_people(
                 key="people_users",
             )
         guard, *changes = statements
-        _run_checked(conn, guard)  # bootstrap's own check first, as for the app's roles
+        run_checked(conn, guard)  # bootstrap's own check first, as for the app's roles
         _check_existing(conn, plan, existing)
         for statement in changes:
-            _run_checked(conn, statement)
+            run_checked(conn, statement)
     created = tuple(n for n in names if n not in existing)
     if created:
         logger.info("bootstrap: created people roles %s", ", ".join(repr(n) for n in created))
